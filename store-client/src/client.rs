@@ -1,0 +1,365 @@
+//! The blocking local client: one unix-socket connection to the node's daemon.
+//!
+//! Objects come back as [`ObjectGuard`]s, read-only shared mappings of the daemon's sealed
+//! memfd that deref to `&[u8]`; dropping one returns its lease without a round trip.
+
+use std::fs::File;
+use std::io::{self, Write};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use thiserror::Error;
+
+use crate::frame::{self, FrameBuffer, FrameError};
+use crate::name::{self, NameError};
+use crate::protocol::{ErrorCode, ObjectId, ObjectInfo, PROTOCOL_VERSION, Request, Response};
+use crate::sys::{self, ReadOnlyMapping, WritableMapping};
+
+#[derive(Debug, Error)]
+pub enum ClientError {
+    #[error("cannot connect to the store daemon at {}: {source}", path.display())]
+    Connect {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("{message} ({code:?})")]
+    Store { code: ErrorCode, message: String },
+    #[error("connection to the store daemon failed: {0}")]
+    Io(#[from] io::Error),
+    #[error("protocol error: {0}")]
+    Protocol(String),
+    #[error("invalid object name: {0}")]
+    InvalidName(#[from] NameError),
+}
+
+impl ClientError {
+    /// The daemon's error code, if the daemon answered with an error.
+    pub fn code(&self) -> Option<ErrorCode> {
+        match self {
+            ClientError::Store { code, .. } => Some(*code),
+            _ => None,
+        }
+    }
+}
+
+impl From<FrameError> for ClientError {
+    fn from(e: FrameError) -> Self {
+        ClientError::Protocol(e.to_string())
+    }
+}
+
+type Result<T> = std::result::Result<T, ClientError>;
+
+#[derive(Debug)]
+struct Connection {
+    stream: UnixStream,
+    frames: FrameBuffer,
+    fds: Vec<OwnedFd>,
+}
+
+impl Connection {
+    fn send(&mut self, req: &Request, fd: Option<&OwnedFd>) -> io::Result<()> {
+        let bytes = frame::encode(req);
+        let raw: Vec<_> = fd.iter().map(|f| f.as_raw_fd()).collect();
+        sys::send_all_with_fds(self.stream.as_fd(), &bytes, &raw)
+    }
+
+    fn receive(&mut self) -> Result<(Response, Option<OwnedFd>)> {
+        loop {
+            if let Some(body) = self.frames.next_frame()? {
+                let resp: Response = frame::decode(body)?;
+                let carries_fd = matches!(resp, Response::Created { .. } | Response::Object(_));
+                let fd = if carries_fd {
+                    if self.fds.is_empty() {
+                        return Err(ClientError::Protocol("response lacks its descriptor".into()));
+                    }
+                    Some(self.fds.remove(0))
+                } else {
+                    None
+                };
+                return Ok((resp, fd));
+            }
+            let spare = self.frames.spare(64 * 1024);
+            let spare_len = spare.len();
+            let n = sys::recv_with_fds(self.stream.as_fd(), spare, &mut self.fds)?;
+            self.frames.filled(spare_len, n);
+            if n == 0 {
+                self.frames.finish()?;
+                return Err(ClientError::Io(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "the daemon closed the connection",
+                )));
+            }
+        }
+    }
+
+    fn call(&mut self, req: &Request, fd: Option<&OwnedFd>) -> Result<(Response, Option<OwnedFd>)> {
+        self.send(req, fd)?;
+        match self.receive()? {
+            (Response::Error { code, message }, _) => Err(ClientError::Store { code, message }),
+            ok => Ok(ok),
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Shared {
+    conn: Mutex<Connection>,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, Connection> {
+        // A panic while holding the lock leaves the connection in an unknown state, but the
+        // frames it holds are whole or absent; carrying on is no worse than failing.
+        self.conn.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn call(&self, req: &Request, fd: Option<&OwnedFd>) -> Result<(Response, Option<OwnedFd>)> {
+        self.lock().call(req, fd)
+    }
+
+    fn notify(&self, req: &Request) {
+        // Best effort: if the connection is gone the daemon has released everything anyway.
+        let _ = self.lock().send(req, None);
+    }
+}
+
+/// Options of a put.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct PutOptions {
+    /// Let LRU eviction drop the object when room is needed (a cache copy).
+    pub evictable: bool,
+}
+
+/// A connection to the local daemon. Cheap to share between threads; for parallel
+/// requests open one client per thread.
+#[derive(Debug, Clone)]
+pub struct StoreClient {
+    shared: Arc<Shared>,
+}
+
+fn unexpected(resp: Response) -> ClientError {
+    ClientError::Protocol(format!("unexpected response {resp:?}"))
+}
+
+impl StoreClient {
+    /// Connects to the daemon listening at `path`.
+    pub fn connect(path: impl AsRef<Path>) -> Result<Self> {
+        let path = path.as_ref();
+        let stream = UnixStream::connect(path)
+            .map_err(|source| ClientError::Connect { path: path.to_owned(), source })?;
+        let client = Self {
+            shared: Arc::new(Shared {
+                conn: Mutex::new(Connection { stream, frames: FrameBuffer::new(), fds: Vec::new() }),
+            }),
+        };
+        match client.shared.call(&Request::Hello { version: PROTOCOL_VERSION }, None)? {
+            (Response::Hello { .. }, _) => Ok(client),
+            (other, _) => Err(unexpected(other)),
+        }
+    }
+
+    /// Connects to `$STORE_SOCKET`, else the default socket path.
+    pub fn connect_default() -> Result<Self> {
+        let path = std::env::var_os(crate::SOCKET_ENV)
+            .map(PathBuf::from)
+            .unwrap_or_else(crate::default_socket_path);
+        Self::connect(path)
+    }
+
+    /// Maps the object `name`, waiting up to `timeout` for it to be sealed.
+    pub fn get(&self, name: &str, timeout: Duration) -> Result<ObjectGuard> {
+        name::validate(name)?;
+        let req = Request::Get { name: name.to_owned(), timeout_ms: timeout.as_millis() as u64 };
+        match self.shared.call(&req, None)? {
+            (Response::Object(info), Some(fd)) => {
+                let map = ReadOnlyMapping::new(fd.as_fd(), info.size);
+                // The lease is ours from here on: return it even if mapping failed.
+                let guard_map = match map {
+                    Ok(map) => map,
+                    Err(e) => {
+                        self.shared.notify(&Request::Release { id: info.id });
+                        return Err(e.into());
+                    }
+                };
+                Ok(ObjectGuard { info, map: guard_map, shared: self.shared.clone(), fd })
+            }
+            (other, _) => Err(unexpected(other)),
+        }
+    }
+
+    /// Stores `data` under `name` and seals it.
+    pub fn put(&self, name: &str, data: &[u8]) -> Result<ObjectInfo> {
+        self.put_with(name, data, PutOptions::default())
+    }
+
+    /// Like [`StoreClient::put`], with options.
+    pub fn put_with(&self, name: &str, data: &[u8], opts: PutOptions) -> Result<ObjectInfo> {
+        name::validate(name)?;
+        // write(2) into our own memfd is faster than faulting in a fresh mapping, and
+        // handing the filled memfd over costs a single round trip.
+        let fd = sys::create_memfd(data.len() as u64)?;
+        File::from(fd.try_clone()?).write_all(data)?;
+        let req = Request::PutMemfd { name: name.to_owned(), evictable: opts.evictable };
+        match self.shared.call(&req, Some(&fd))? {
+            (Response::Sealed(info), _) => Ok(info),
+            (other, _) => Err(unexpected(other)),
+        }
+    }
+
+    /// Stores the file at `path`; the daemon copies it in the kernel.
+    pub fn put_file(&self, name: &str, path: impl AsRef<Path>, opts: PutOptions) -> Result<ObjectInfo> {
+        name::validate(name)?;
+        let file = File::open(path)?;
+        let fd = OwnedFd::from(file);
+        let req = Request::PutFile { name: name.to_owned(), evictable: opts.evictable };
+        match self.shared.call(&req, Some(&fd))? {
+            (Response::Sealed(info), _) => Ok(info),
+            (other, _) => Err(unexpected(other)),
+        }
+    }
+
+    /// Reserves `size` bytes under `name` to fill in place, then [`WritableObject::seal`].
+    pub fn create(&self, name: &str, size: u64, opts: PutOptions) -> Result<WritableObject> {
+        name::validate(name)?;
+        let req = Request::Create { name: name.to_owned(), size, evictable: opts.evictable };
+        match self.shared.call(&req, None)? {
+            (Response::Created { id }, Some(fd)) => {
+                Ok(WritableObject { id, size, fd: Some(fd), map: None, shared: self.shared.clone() })
+            }
+            (other, _) => Err(unexpected(other)),
+        }
+    }
+
+    pub fn list(&self) -> Result<Vec<ObjectInfo>> {
+        match self.shared.call(&Request::List, None)? {
+            (Response::Listing(list), _) => Ok(list),
+            (other, _) => Err(unexpected(other)),
+        }
+    }
+
+    pub fn stat(&self, name: &str) -> Result<ObjectInfo> {
+        name::validate(name)?;
+        match self.shared.call(&Request::Stat { name: name.to_owned() }, None)? {
+            (Response::Stat(info), _) => Ok(info),
+            (other, _) => Err(unexpected(other)),
+        }
+    }
+
+    /// Unbinds `name`. Existing mappings stay valid; memory is freed when they are dropped.
+    pub fn delete(&self, name: &str) -> Result<()> {
+        name::validate(name)?;
+        match self.shared.call(&Request::Delete { name: name.to_owned() }, None)? {
+            (Response::Done, _) => Ok(()),
+            (other, _) => Err(unexpected(other)),
+        }
+    }
+}
+
+/// A leased, read-only, zero-copy view of a sealed object.
+#[derive(Debug)]
+pub struct ObjectGuard {
+    info: ObjectInfo,
+    map: ReadOnlyMapping,
+    fd: OwnedFd,
+    shared: Arc<Shared>,
+}
+
+impl ObjectGuard {
+    pub fn info(&self) -> &ObjectInfo {
+        &self.info
+    }
+
+    /// The sealed memfd behind the mapping (e.g. to pass on, or to `fstat`).
+    pub fn fd(&self) -> &OwnedFd {
+        &self.fd
+    }
+}
+
+impl std::ops::Deref for ObjectGuard {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        &self.map
+    }
+}
+
+impl Drop for ObjectGuard {
+    fn drop(&mut self) {
+        self.shared.notify(&Request::Release { id: self.info.id });
+    }
+}
+
+/// An unsealed object being filled by this client. Dropping it without sealing aborts it.
+#[derive(Debug)]
+pub struct WritableObject {
+    id: ObjectId,
+    size: u64,
+    fd: Option<OwnedFd>,
+    map: Option<WritableMapping>,
+    shared: Arc<Shared>,
+}
+
+impl WritableObject {
+    pub fn id(&self) -> ObjectId {
+        self.id
+    }
+
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    /// The object's bytes through a writable shared mapping (zero-filled at first).
+    pub fn as_mut_slice(&mut self) -> Result<&mut [u8]> {
+        if self.map.is_none() {
+            let fd = self.fd.as_ref().ok_or_else(|| ClientError::Protocol("object closed".into()))?;
+            self.map = Some(WritableMapping::new(fd.as_fd(), self.size)?);
+        }
+        Ok(self.map.as_mut().map(|m| m.as_mut_slice()).unwrap_or_default())
+    }
+
+    /// A `File` over the object's memfd, for filling it with `write_at`.
+    pub fn file(&self) -> Result<File> {
+        let fd = self.fd.as_ref().ok_or_else(|| ClientError::Protocol("object closed".into()))?;
+        Ok(File::from(fd.try_clone()?))
+    }
+
+    /// Drops this client's writable mapping and asks the daemon to seal the object. On
+    /// error the object stays unsealed and can be sealed again or aborted.
+    pub fn seal(&mut self) -> Result<ObjectInfo> {
+        if self.id == 0 {
+            return Err(ClientError::Protocol("object already sealed or aborted".into()));
+        }
+        self.map = None;
+        match self.shared.call(&Request::Seal { id: self.id }, None)? {
+            (Response::Sealed(info), _) => {
+                self.id = 0;
+                self.fd = None;
+                Ok(info)
+            }
+            (other, _) => Err(unexpected(other)),
+        }
+    }
+
+    /// Drops the object without sealing it.
+    pub fn abort(mut self) -> Result<()> {
+        let id = std::mem::take(&mut self.id);
+        self.map = None;
+        match self.shared.call(&Request::Abort { id }, None)? {
+            (Response::Done, _) => Ok(()),
+            (other, _) => Err(unexpected(other)),
+        }
+    }
+}
+
+impl Drop for WritableObject {
+    fn drop(&mut self) {
+        if self.id != 0 {
+            self.map = None;
+            let _ = self.shared.call(&Request::Abort { id: self.id }, None);
+        }
+    }
+}

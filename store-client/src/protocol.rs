@@ -1,0 +1,120 @@
+//! The local socket protocol between `store-client` and `store-daemon`.
+//!
+//! Every message is one frame ([`crate::frame`]) holding a postcard-encoded [`Request`] or
+//! [`Response`]. File descriptors travel beside the frame's bytes as `SCM_RIGHTS`: a
+//! request or response that carries one says so in its doc. Requests are answered in
+//! order, one response each, except [`Request::Release`], which is never answered so that
+//! dropping a mapping costs no round trip.
+
+use serde::{Deserialize, Serialize};
+
+use crate::manifest::Digest;
+
+/// Version spoken by this crate; the daemon answers a mismatching [`Request::Hello`] with
+/// [`ErrorCode::BadRequest`].
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// Object ids are unique for the daemon's lifetime; names can be rebound after a delete.
+pub type ObjectId = u64;
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Request {
+    /// Optional first request; answered with [`Response::Hello`].
+    Hello { version: u32 },
+    /// Reserves `size` bytes under `name`; answered with [`Response::Created`] and the
+    /// writable memfd. The object stays invisible until sealed and is dropped if this
+    /// connection closes first.
+    Create { name: String, size: u64, evictable: bool },
+    /// Seals an object created on this connection; answered with [`Response::Sealed`].
+    Seal { id: ObjectId },
+    /// Drops an unsealed object created on this connection; answered with
+    /// [`Response::Done`].
+    Abort { id: ObjectId },
+    /// Carries a memfd the client filled itself (created with `MFD_ALLOW_SEALING`, no
+    /// writable mapping left); the daemon seals and adopts it. Answered with
+    /// [`Response::Sealed`].
+    PutMemfd { name: String, evictable: bool },
+    /// Carries a readable file descriptor; the daemon copies it into a new object in the
+    /// kernel. Answered with [`Response::Sealed`].
+    PutFile { name: String, evictable: bool },
+    /// Answered with [`Response::Object`] and a read-only-sealed memfd; takes a lease.
+    /// Waits up to `timeout_ms` for an object that does not exist or is not sealed yet.
+    Get { name: String, timeout_ms: u64 },
+    /// Returns one lease taken by `Get` on this connection. Never answered.
+    Release { id: ObjectId },
+    /// Unbinds `name`; answered with [`Response::Done`]. Mappings that exist stay valid;
+    /// the bytes are freed when the last lease is released.
+    Delete { name: String },
+    /// Answered with [`Response::Listing`].
+    List,
+    /// Answered with [`Response::Stat`].
+    Stat { name: String },
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Response {
+    Hello { version: u32, daemon: String },
+    /// Carries the writable memfd of the new object.
+    Created { id: ObjectId },
+    Sealed(ObjectInfo),
+    /// Carries the sealed memfd.
+    Object(ObjectInfo),
+    Done,
+    Listing(Vec<ObjectInfo>),
+    Stat(ObjectInfo),
+    Error { code: ErrorCode, message: String },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ObjectState {
+    /// Created, being filled; invisible to `Get`.
+    Pending,
+    /// Immutable and readable.
+    Sealed,
+    /// Deleted while leased: invisible by name, alive until its leases are released.
+    Deleted,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ObjectInfo {
+    pub id: ObjectId,
+    pub name: String,
+    pub size: u64,
+    pub state: ObjectState,
+    /// BLAKE3 of the content; present once sealed.
+    pub digest: Option<Digest>,
+    pub chunk_size: u64,
+    /// Leases held by all clients.
+    pub leases: u32,
+    /// Milliseconds since the object was created.
+    pub age_ms: u64,
+    /// Whether LRU eviction may drop it to make room.
+    pub evictable: bool,
+}
+
+/// What went wrong, in terms a client can act on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum ErrorCode {
+    /// The request could not be decoded or makes no sense.
+    BadRequest,
+    InvalidName,
+    NotFound,
+    /// The name is bound to a sealed object (for `Create`), or bound to different content.
+    AlreadyExists,
+    /// The name is being created by another request.
+    Pending,
+    /// Not enough room even after evicting every evictable object.
+    StoreFull,
+    /// Larger than the whole capacity.
+    TooLarge,
+    /// Seal refused: a writable shared mapping of the object still exists.
+    WritableMapping,
+    /// The passed descriptor is missing or of the wrong kind.
+    BadDescriptor,
+    AlreadySealed,
+    PermissionDenied,
+    Timeout,
+    ShuttingDown,
+    Io,
+    Internal,
+}

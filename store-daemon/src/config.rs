@@ -1,0 +1,43 @@
+//! Daemon configuration, built by the binary from flags and `STORE_*` variables.
+
+use std::path::PathBuf;
+
+/// Everything a daemon needs to start.
+#[derive(Clone, Debug)]
+pub struct DaemonConfig {
+    /// Unix socket the daemon listens on.
+    pub socket: PathBuf,
+    /// Byte budget for all objects.
+    pub capacity: u64,
+    /// Peers whose uid is listed may connect.
+    pub allow_uids: Vec<u32>,
+    /// Peers whose primary gid is listed may connect.
+    pub allow_gids: Vec<u32>,
+    /// Chunk size of manifests.
+    pub chunk_size: u64,
+    /// Threads used to hash large objects.
+    pub hash_threads: usize,
+}
+
+impl DaemonConfig {
+    /// A configuration with the defaults: the daemon's own uid and root may connect.
+    pub fn new(socket: PathBuf, capacity: u64) -> Self {
+        let own = nix::unistd::geteuid().as_raw();
+        let mut allow_uids = vec![own];
+        if own != 0 {
+            allow_uids.push(0);
+        }
+        Self {
+            socket,
+            capacity,
+            allow_uids,
+            allow_gids: Vec::new(),
+            chunk_size: store_client::DEFAULT_CHUNK_SIZE,
+            hash_threads: std::thread::available_parallelism().map_or(2, |n| n.get()),
+        }
+    }
+
+    pub fn allows(&self, uid: u32, gid: u32) -> bool {
+        self.allow_uids.contains(&uid) || self.allow_gids.contains(&gid)
+    }
+}

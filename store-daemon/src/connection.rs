@@ -1,0 +1,389 @@
+//! One client connection: reads frames (and the descriptors riding on them), answers each
+//! request in order, and gives back the client's leases and unsealed objects when it goes.
+
+use std::collections::{HashMap, HashSet};
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::sync::Arc;
+use std::time::Duration;
+
+use store_client::frame::{self, FrameBuffer, FrameError};
+use store_client::name;
+use store_client::protocol::{ErrorCode, ObjectId, PROTOCOL_VERSION, Request, Response};
+use store_client::sys;
+use tokio::io::Interest;
+use tokio::net::UnixStream;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, warn};
+
+use crate::ingest::{self, IngestError};
+use crate::server::Shared;
+use crate::store::{Adopted, ConnId, Lookup, StoreError};
+
+/// Objects at most this large are sealed and hashed on the connection's task; larger ones
+/// go to the blocking pool.
+const INLINE_HASH_LIMIT: u64 = 256 * 1024;
+
+/// A request's failure, as it goes on the wire.
+#[derive(Debug)]
+struct Failure {
+    code: ErrorCode,
+    message: String,
+}
+
+impl Failure {
+    fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        Self { code, message: message.into() }
+    }
+}
+
+impl From<StoreError> for Failure {
+    fn from(e: StoreError) -> Self {
+        Self::new(e.code(), e.to_string())
+    }
+}
+
+impl From<IngestError> for Failure {
+    fn from(e: IngestError) -> Self {
+        Self::new(e.code(), e.to_string())
+    }
+}
+
+impl From<io::Error> for Failure {
+    fn from(e: io::Error) -> Self {
+        Self::new(ErrorCode::Io, e.to_string())
+    }
+}
+
+type Reply = Result<(Response, Option<Arc<OwnedFd>>), Failure>;
+
+/// What this connection holds in the store.
+#[derive(Debug, Default)]
+struct Holdings {
+    leases: HashMap<ObjectId, u32>,
+    pending: HashSet<ObjectId>,
+}
+
+struct Connection {
+    shared: Arc<Shared>,
+    stream: UnixStream,
+    id: ConnId,
+    frames: FrameBuffer,
+    fds: Vec<OwnedFd>,
+    holdings: Holdings,
+    shutdown: CancellationToken,
+}
+
+/// Tells a client that is not on the allow-list why it is being dropped.
+pub async fn refuse(stream: UnixStream, uid: u32, gid: u32) {
+    let resp = Response::Error {
+        code: ErrorCode::PermissionDenied,
+        message: format!("uid {uid} (gid {gid}) is not allowed to use this store"),
+    };
+    let _ = write_frame(&stream, &frame::encode(&resp), None).await;
+}
+
+pub async fn serve(shared: Arc<Shared>, stream: UnixStream, id: ConnId, shutdown: CancellationToken) {
+    let mut conn = Connection {
+        shared,
+        stream,
+        id,
+        frames: FrameBuffer::new(),
+        fds: Vec::new(),
+        holdings: Holdings::default(),
+        shutdown,
+    };
+    if let Err(e) = conn.run().await {
+        debug!(conn_id = id, error = %e, "connection ended with an error");
+    }
+    conn.release_all();
+}
+
+async fn write_frame(stream: &UnixStream, mut bytes: &[u8], fd: Option<&OwnedFd>) -> io::Result<()> {
+    let raw: Vec<_> = fd.iter().map(|f| f.as_raw_fd()).collect();
+    let mut fds: &[_] = &raw;
+    while !bytes.is_empty() {
+        stream.writable().await?;
+        match stream.try_io(Interest::WRITABLE, || sys::send_with_fds(stream.as_fd(), bytes, fds)) {
+            Ok(n) => {
+                bytes = &bytes[n..];
+                fds = &[];
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+impl Connection {
+    async fn run(&mut self) -> io::Result<()> {
+        loop {
+            while let Some(body) = match self.frames.next_frame() {
+                Ok(body) => body.map(frame::decode::<Request>),
+                Err(e) => {
+                    // An oversized frame leaves no way to find the next one.
+                    self.send_error(ErrorCode::BadRequest, e.to_string()).await?;
+                    return Ok(());
+                }
+            } {
+                match body {
+                    Ok(req) => self.handle(req).await?,
+                    Err(e) => self.send_error(ErrorCode::BadRequest, e.to_string()).await?,
+                }
+            }
+            if self.frames.buffered() == 0 {
+                // Descriptors sent with requests that take none.
+                self.fds.clear();
+            }
+            let shutdown = self.shutdown.clone();
+            let n = tokio::select! {
+                _ = shutdown.cancelled() => return Ok(()),
+                n = self.read() => n?,
+            };
+            if n == 0 {
+                if let Err(e @ FrameError::Truncated { .. }) = self.frames.finish() {
+                    // The client may have shut down only its writing half.
+                    let _ = self.send_error(ErrorCode::BadRequest, e.to_string()).await;
+                }
+                return Ok(());
+            }
+        }
+    }
+
+    async fn read(&mut self) -> io::Result<usize> {
+        loop {
+            self.stream.readable().await?;
+            let spare = self.frames.spare(64 * 1024);
+            let spare_len = spare.len();
+            let stream = &self.stream;
+            let fds = &mut self.fds;
+            match stream.try_io(Interest::READABLE, || sys::recv_with_fds(stream.as_fd(), spare, fds)) {
+                Ok(n) => {
+                    self.frames.filled(spare_len, n);
+                    return Ok(n);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.frames.filled(spare_len, 0),
+                Err(e) => {
+                    self.frames.filled(spare_len, 0);
+                    return Err(e);
+                }
+            }
+        }
+    }
+
+    async fn send_error(&self, code: ErrorCode, message: String) -> io::Result<()> {
+        debug!(conn_id = self.id, ?code, %message, "request failed");
+        write_frame(&self.stream, &frame::encode(&Response::Error { code, message }), None).await
+    }
+
+    async fn handle(&mut self, req: Request) -> io::Result<()> {
+        if let Request::Release { id } = req {
+            self.release(id);
+            return Ok(());
+        }
+        let reply = self.answer(req).await;
+        match reply {
+            Ok((resp, fd)) => write_frame(&self.stream, &frame::encode(&resp), fd.as_deref()).await,
+            Err(f) => self.send_error(f.code, f.message).await,
+        }
+    }
+
+    fn take_fd(&mut self) -> Result<OwnedFd, Failure> {
+        if self.fds.is_empty() {
+            return Err(Failure::new(ErrorCode::BadDescriptor, "request needs a file descriptor and none came"));
+        }
+        Ok(self.fds.remove(0))
+    }
+
+    async fn answer(&mut self, req: Request) -> Reply {
+        match req {
+            Request::Hello { version } if version == PROTOCOL_VERSION => Ok((
+                Response::Hello { version, daemon: format!("store-daemon {}", env!("CARGO_PKG_VERSION")) },
+                None,
+            )),
+            Request::Hello { version } => Err(Failure::new(
+                ErrorCode::BadRequest,
+                format!("protocol version {version} is not supported (this daemon speaks {PROTOCOL_VERSION})"),
+            )),
+            Request::Create { name, size, evictable } => self.create(&name, size, evictable),
+            Request::Seal { id } => self.seal(id).await,
+            Request::Abort { id } => {
+                self.shared.store().abort(id, self.id)?;
+                self.holdings.pending.remove(&id);
+                Ok((Response::Done, None))
+            }
+            Request::PutMemfd { name, evictable } => {
+                let fd = self.take_fd()?;
+                self.put_memfd(name, evictable, fd).await
+            }
+            Request::PutFile { name, evictable } => {
+                let fd = self.take_fd()?;
+                self.put_file(name, evictable, fd).await
+            }
+            Request::Get { name, timeout_ms } => self.get(&name, timeout_ms).await,
+            Request::Release { id } => {
+                self.release(id);
+                Ok((Response::Done, None))
+            }
+            Request::Delete { name } => {
+                check_name(&name)?;
+                self.shared.store().delete(&name)?;
+                Ok((Response::Done, None))
+            }
+            Request::List => Ok((Response::Listing(self.shared.store().list()), None)),
+            Request::Stat { name } => {
+                check_name(&name)?;
+                Ok((Response::Stat(self.shared.store().stat(&name)?), None))
+            }
+        }
+    }
+
+    fn create(&mut self, name: &str, size: u64, evictable: bool) -> Reply {
+        check_name(name)?;
+        self.shared.store().check_room(size)?;
+        let segment = sys::create_memfd(size)?;
+        let client_fd = segment.try_clone()?;
+        let (id, evicted) = self.shared.store().reserve(name, size, evictable, segment, self.id)?;
+        log_evictions(&evicted);
+        self.holdings.pending.insert(id);
+        Ok((Response::Created { id }, Some(Arc::new(client_fd))))
+    }
+
+    async fn seal(&mut self, id: ObjectId) -> Reply {
+        let (segment, size) = self.shared.store().begin_seal(id, self.id)?;
+        let (chunk_size, threads) = (self.shared.config.chunk_size, self.shared.config.hash_threads);
+        let hashed = if size <= INLINE_HASH_LIMIT {
+            ingest::seal_and_hash(segment.as_fd(), chunk_size, 1)
+        } else {
+            let segment = segment.clone();
+            blocking(move || ingest::seal_and_hash(segment.as_fd(), chunk_size, threads)).await?
+        };
+        let manifest = match hashed {
+            Ok(m) => m,
+            Err(e) => {
+                self.shared.store().seal_failed(id);
+                return Err(e.into());
+            }
+        };
+        let info = self.shared.store().finish_seal(id, manifest)?;
+        self.holdings.pending.remove(&id);
+        self.shared.notify_sealed();
+        Ok((Response::Sealed(info), None))
+    }
+
+    async fn put_memfd(&mut self, name: String, evictable: bool, fd: OwnedFd) -> Reply {
+        check_name(&name)?;
+        let size = sys::file_size(fd.as_fd())?;
+        self.shared.store().check_room(size)?;
+        let (chunk_size, threads) = (self.shared.config.chunk_size, self.shared.config.hash_threads);
+        let (fd, manifest) = if size <= INLINE_HASH_LIMIT {
+            let m = ingest::seal_and_hash(fd.as_fd(), chunk_size, 1)?;
+            (fd, m)
+        } else {
+            blocking(move || ingest::seal_and_hash(fd.as_fd(), chunk_size, threads).map(|m| (fd, m))).await??
+        };
+        self.adopt(&name, evictable, fd, manifest)
+    }
+
+    async fn put_file(&mut self, name: String, evictable: bool, src: OwnedFd) -> Reply {
+        check_name(&name)?;
+        let size = ingest::regular_file_size(src.as_fd())?;
+        self.shared.store().check_room(size)?;
+        let chunk_size = self.shared.config.chunk_size;
+        let (dst, manifest) = blocking(move || -> Result<_, IngestError> {
+            let dst = sys::create_memfd(size)?;
+            let m = ingest::copy_hash_and_seal(src.as_fd(), dst.as_fd(), size, chunk_size)?;
+            Ok((dst, m))
+        })
+        .await??;
+        self.adopt(&name, evictable, dst, manifest)
+    }
+
+    fn adopt(&mut self, name: &str, evictable: bool, fd: OwnedFd, manifest: store_client::Manifest) -> Reply {
+        let (adopted, evicted) = self.shared.store().adopt(name, evictable, fd, manifest)?;
+        log_evictions(&evicted);
+        match adopted {
+            Adopted::New(info) => {
+                self.shared.notify_sealed();
+                Ok((Response::Sealed(info), None))
+            }
+            Adopted::Existing(info) => Ok((Response::Sealed(info), None)),
+        }
+    }
+
+    async fn get(&mut self, name: &str, timeout_ms: u64) -> Reply {
+        check_name(name)?;
+        let deadline = tokio::time::Instant::now() + Duration::from_millis(timeout_ms);
+        let mut sealed = self.shared.subscribe_sealed();
+        loop {
+            // Subscribed before looking, so a seal in between is not missed.
+            sealed.borrow_and_update();
+            if let Lookup::Ready(lease) = self.shared.store().lease(name) {
+                *self.holdings.leases.entry(lease.info.id).or_default() += 1;
+                return Ok((Response::Object(lease.info), Some(lease.segment)));
+            }
+            tokio::select! {
+                _ = self.shutdown.cancelled() => {
+                    return Err(Failure::new(ErrorCode::ShuttingDown, "the daemon is shutting down"));
+                }
+                _ = tokio::time::sleep_until(deadline) => {
+                    let message = if timeout_ms == 0 {
+                        format!("no sealed object named {name:?}")
+                    } else {
+                        format!("no sealed object named {name:?} appeared within {timeout_ms} ms")
+                    };
+                    let code = if timeout_ms == 0 { ErrorCode::NotFound } else { ErrorCode::Timeout };
+                    return Err(Failure::new(code, message));
+                }
+                changed = sealed.changed() => {
+                    if changed.is_err() {
+                        return Err(Failure::new(ErrorCode::ShuttingDown, "the daemon is shutting down"));
+                    }
+                }
+            }
+        }
+    }
+
+    fn release(&mut self, id: ObjectId) {
+        match self.holdings.leases.get_mut(&id) {
+            Some(n) => {
+                *n -= 1;
+                if *n == 0 {
+                    self.holdings.leases.remove(&id);
+                }
+                self.shared.store().release(id);
+            }
+            None => warn!(conn_id = self.id, id, "release of a lease this connection does not hold"),
+        }
+    }
+
+    /// Gives back everything the client held: on close, crash or kill -9 alike.
+    fn release_all(&mut self) {
+        let mut store = self.shared.store();
+        for (id, n) in self.holdings.leases.drain() {
+            for _ in 0..n {
+                store.release(id);
+            }
+        }
+        for id in self.holdings.pending.drain() {
+            let _ = store.abort(id, self.id);
+        }
+    }
+}
+
+fn check_name(name: &str) -> Result<(), Failure> {
+    name::validate(name).map_err(|e| Failure::new(ErrorCode::InvalidName, e.to_string()))
+}
+
+fn log_evictions(evicted: &[String]) {
+    for name in evicted {
+        debug!(%name, "evicted to make room");
+    }
+}
+
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Result<T, Failure> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| Failure::new(ErrorCode::Internal, format!("worker failed: {e}")))
+}

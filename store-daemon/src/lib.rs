@@ -1,0 +1,15 @@
+//! The node-local object store daemon.
+//!
+//! It owns the node's objects, one sealed memfd each ([`store`] keeps their names, sizes,
+//! leases and the capacity budget as plain state), and serves local clients over a unix
+//! socket with descriptor passing ([`server`], [`connection`]). Filling, sealing and
+//! hashing objects is in [`ingest`]; configuration in [`config`].
+
+pub mod config;
+pub mod connection;
+pub mod ingest;
+pub mod server;
+pub mod store;
+
+pub use config::DaemonConfig;
+pub use server::Daemon;

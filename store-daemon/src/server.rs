@@ -1,0 +1,159 @@
+//! The daemon's listener: binds the socket, checks peers, runs one task per connection and
+//! shuts down cleanly.
+
+use std::io;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use thiserror::Error;
+use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{debug, info, warn};
+
+use crate::config::DaemonConfig;
+use crate::connection;
+use crate::store::Store;
+
+#[derive(Debug, Error)]
+pub enum ServerError {
+    #[error("another daemon is already listening on {}", .0.display())]
+    AlreadyRunning(PathBuf),
+    #[error("cannot bind {}: {source}", path.display())]
+    Bind {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// State shared by every connection.
+#[derive(Debug)]
+pub struct Shared {
+    pub config: DaemonConfig,
+    store: Mutex<Store>,
+    /// Bumped on every seal, so waiters for a name re-check.
+    sealed: watch::Sender<u64>,
+    next_conn: std::sync::atomic::AtomicU64,
+}
+
+impl Shared {
+    pub fn new(config: DaemonConfig) -> Self {
+        let store = Store::new(config.capacity, config.chunk_size);
+        Self { config, store: Mutex::new(store), sealed: watch::channel(0).0, next_conn: 0.into() }
+    }
+
+    pub fn store(&self) -> MutexGuard<'_, Store> {
+        // Store methods leave it consistent at every return, so a panic elsewhere while the
+        // lock was held does not poison the data itself.
+        self.store.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn notify_sealed(&self) {
+        self.sealed.send_modify(|n| *n += 1);
+    }
+
+    pub fn subscribe_sealed(&self) -> watch::Receiver<u64> {
+        self.sealed.subscribe()
+    }
+}
+
+/// A daemon whose socket is bound and accepting.
+#[derive(Debug)]
+pub struct Daemon {
+    listener: UnixListener,
+    shared: Arc<Shared>,
+}
+
+impl Daemon {
+    /// Binds the socket (mode 0660), replacing a stale socket file but never a live daemon.
+    /// Must be called inside a tokio runtime.
+    pub fn bind(config: DaemonConfig) -> Result<Self, ServerError> {
+        let path = config.socket.clone();
+        let bind_err = |source| ServerError::Bind { path: path.clone(), source };
+        if path.exists() {
+            if std::os::unix::net::UnixStream::connect(&path).is_ok() {
+                return Err(ServerError::AlreadyRunning(path));
+            }
+            std::fs::remove_file(&path).map_err(bind_err)?;
+        }
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(bind_err)?;
+        }
+        let listener = UnixListener::bind(&path).map_err(bind_err)?;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o660)).map_err(bind_err)?;
+        info!(socket = %path.display(), capacity = config.capacity, "store daemon listening");
+        Ok(Self { listener, shared: Arc::new(Shared::new(config)) })
+    }
+
+    pub fn shared(&self) -> &Arc<Shared> {
+        &self.shared
+    }
+
+    pub fn socket_path(&self) -> &Path {
+        &self.shared.config.socket
+    }
+
+    /// Serves until `shutdown` is cancelled, then stops accepting, lets every connection
+    /// finish its current request, and removes the socket file.
+    pub async fn run(self, shutdown: CancellationToken) {
+        let tracker = TaskTracker::new();
+        loop {
+            let accepted = tokio::select! {
+                _ = shutdown.cancelled() => break,
+                accepted = self.listener.accept() => accepted,
+            };
+            match accepted {
+                Ok((stream, _)) => {
+                    let shared = self.shared.clone();
+                    let shutdown = shutdown.clone();
+                    tracker.spawn(async move { accept_one(shared, stream, shutdown).await });
+                }
+                Err(e) => {
+                    // EMFILE and friends: back off instead of spinning.
+                    warn!(error = %e, "accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                }
+            }
+        }
+        tracker.close();
+        tracker.wait().await;
+        let _ = std::fs::remove_file(&self.shared.config.socket);
+        info!("store daemon stopped");
+    }
+}
+
+async fn accept_one(shared: Arc<Shared>, stream: UnixStream, shutdown: CancellationToken) {
+    let cred = match stream.peer_cred() {
+        Ok(c) => c,
+        Err(e) => {
+            warn!(error = %e, "cannot read peer credentials; closing");
+            return;
+        }
+    };
+    let conn_id = shared.next_conn.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+    if !shared.config.allows(cred.uid(), cred.gid()) {
+        warn!(uid = cred.uid(), gid = cred.gid(), pid = ?cred.pid(), "refusing client not on the allow-list");
+        connection::refuse(stream, cred.uid(), cred.gid()).await;
+        return;
+    }
+    debug!(conn_id, uid = cred.uid(), pid = ?cred.pid(), "client connected");
+    connection::serve(shared, stream, conn_id, shutdown).await;
+    debug!(conn_id, "client disconnected");
+}
+
+/// Cancels `shutdown` on SIGTERM or SIGINT.
+pub async fn cancel_on_signals(shutdown: CancellationToken) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+        warn!("cannot install signal handlers; stop the daemon with SIGKILL");
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => info!("SIGTERM: shutting down"),
+        _ = int.recv() => info!("SIGINT: shutting down"),
+    }
+    shutdown.cancel();
+}

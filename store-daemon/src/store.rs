@@ -1,0 +1,575 @@
+//! The node's objects as plain state: names, sizes, leases, the capacity budget and LRU
+//! eviction. No I/O happens here; descriptors are only carried along.
+//!
+//! Semantics worth knowing:
+//! - A name is bound once. Binding it again to the same content is a no-op, to other
+//!   content an error ([`StoreError::AlreadyExists`]).
+//! - `delete` unbinds the name at once. An object that still has leases lives on, invisible
+//!   by name and still counted against capacity, until its last lease is released; the
+//!   name can be bound again meanwhile.
+//! - Only sealed, evictable objects without leases are evicted, least recently used first,
+//!   and only when that frees enough room: a put that cannot fit evicts nothing.
+
+use std::collections::{BTreeMap, HashMap};
+use std::os::fd::OwnedFd;
+use std::sync::Arc;
+use std::time::Instant;
+
+use store_client::manifest::Manifest;
+use store_client::protocol::{ErrorCode, ObjectId, ObjectInfo, ObjectState};
+use thiserror::Error;
+
+/// Identifies a client connection, to tie unsealed objects to their creator.
+pub type ConnId = u64;
+
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum StoreError {
+    #[error("no object named {0:?}")]
+    NotFound(String),
+    #[error("no unsealed object {0} created on this connection")]
+    UnknownPending(ObjectId),
+    #[error("{0:?} is already bound to other content")]
+    AlreadyExists(String),
+    #[error("{0:?} is being created by another request")]
+    Pending(String),
+    #[error("object {0} is already sealed or being sealed")]
+    AlreadySealed(ObjectId),
+    #[error("{size} bytes do not fit: {free} free and {evictable} evictable of {capacity}")]
+    StoreFull { size: u64, free: u64, evictable: u64, capacity: u64 },
+    #[error("{size} bytes exceed the store's whole capacity of {capacity}")]
+    TooLarge { size: u64, capacity: u64 },
+    #[error("{0:?} is being created; delete it after it is sealed or aborted")]
+    DeletePending(String),
+}
+
+impl StoreError {
+    /// The one place store errors become protocol error codes.
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            StoreError::NotFound(_) | StoreError::UnknownPending(_) => ErrorCode::NotFound,
+            StoreError::AlreadyExists(_) => ErrorCode::AlreadyExists,
+            StoreError::Pending(_) | StoreError::DeletePending(_) => ErrorCode::Pending,
+            StoreError::AlreadySealed(_) => ErrorCode::AlreadySealed,
+            StoreError::StoreFull { .. } => ErrorCode::StoreFull,
+            StoreError::TooLarge { .. } => ErrorCode::TooLarge,
+        }
+    }
+}
+
+#[derive(Debug)]
+enum Phase {
+    Pending { owner: ConnId, sealing: bool },
+    Sealed { manifest: Arc<Manifest> },
+}
+
+#[derive(Debug)]
+struct Object {
+    name: String,
+    size: u64,
+    phase: Phase,
+    deleted: bool,
+    evictable: bool,
+    segment: Arc<OwnedFd>,
+    leases: u32,
+    created: Instant,
+    last_access: u64,
+}
+
+/// A lease handed out by [`Store::lease`].
+#[derive(Debug, Clone)]
+pub struct Lease {
+    pub info: ObjectInfo,
+    pub segment: Arc<OwnedFd>,
+}
+
+/// What a `get` finds.
+#[derive(Debug)]
+pub enum Lookup {
+    Ready(Lease),
+    /// The name is bound to an object not sealed yet, or not bound at all: wait.
+    NotYet,
+}
+
+/// Result of adopting an already sealed object.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Adopted {
+    New(ObjectInfo),
+    /// The name was already bound to identical content; nothing changed.
+    Existing(ObjectInfo),
+}
+
+#[derive(Debug)]
+pub struct Store {
+    capacity: u64,
+    used: u64,
+    next_id: ObjectId,
+    clock: u64,
+    objects: HashMap<ObjectId, Object>,
+    names: HashMap<String, ObjectId>,
+    /// Sealed objects by last access.
+    lru: BTreeMap<u64, ObjectId>,
+    chunk_size: u64,
+    evictions: u64,
+}
+
+impl Store {
+    pub fn new(capacity: u64, chunk_size: u64) -> Self {
+        Self {
+            capacity,
+            used: 0,
+            next_id: 1,
+            clock: 0,
+            objects: HashMap::new(),
+            names: HashMap::new(),
+            lru: BTreeMap::new(),
+            chunk_size,
+            evictions: 0,
+        }
+    }
+
+    pub fn capacity(&self) -> u64 {
+        self.capacity
+    }
+
+    pub fn used(&self) -> u64 {
+        self.used
+    }
+
+    pub fn object_count(&self) -> usize {
+        self.objects.len()
+    }
+
+    pub fn evictions(&self) -> u64 {
+        self.evictions
+    }
+
+    /// Fails early, before any work, if `size` could never fit right now.
+    pub fn check_room(&self, size: u64) -> Result<(), StoreError> {
+        if size > self.capacity {
+            return Err(StoreError::TooLarge { size, capacity: self.capacity });
+        }
+        let free = self.capacity - self.used;
+        if free >= size {
+            return Ok(());
+        }
+        let evictable = self.evictable_bytes();
+        if free + evictable < size {
+            return Err(StoreError::StoreFull { size, free, evictable, capacity: self.capacity });
+        }
+        Ok(())
+    }
+
+    fn is_evictable(obj: &Object) -> bool {
+        obj.evictable && obj.leases == 0 && !obj.deleted && matches!(obj.phase, Phase::Sealed { .. })
+    }
+
+    fn evictable_bytes(&self) -> u64 {
+        self.objects.values().filter(|o| Self::is_evictable(o)).map(|o| o.size).sum()
+    }
+
+    /// Evicts LRU evictable objects until `size` fits; evicts nothing if it cannot fit.
+    fn make_room(&mut self, size: u64) -> Result<Vec<String>, StoreError> {
+        self.check_room(size)?;
+        let mut evicted = Vec::new();
+        while self.capacity - self.used < size {
+            let victim = self
+                .lru
+                .values()
+                .copied()
+                .find(|id| self.objects.get(id).is_some_and(Self::is_evictable));
+            let Some(id) = victim else { break };
+            if let Some(obj) = self.remove(id) {
+                self.evictions += 1;
+                evicted.push(obj.name);
+            }
+        }
+        Ok(evicted)
+    }
+
+    fn remove(&mut self, id: ObjectId) -> Option<Object> {
+        let obj = self.objects.remove(&id)?;
+        self.used -= obj.size;
+        self.lru.remove(&obj.last_access);
+        if self.names.get(&obj.name) == Some(&id) {
+            self.names.remove(&obj.name);
+        }
+        Some(obj)
+    }
+
+    fn touch(&mut self, id: ObjectId) {
+        self.clock += 1;
+        let clock = self.clock;
+        if let Some(obj) = self.objects.get_mut(&id) {
+            self.lru.remove(&obj.last_access);
+            obj.last_access = clock;
+            self.lru.insert(clock, id);
+        }
+    }
+
+    fn insert(&mut self, name: &str, size: u64, evictable: bool, segment: OwnedFd, phase: Phase) -> ObjectId {
+        let id = self.next_id;
+        self.next_id += 1;
+        self.used += size;
+        let sealed = matches!(phase, Phase::Sealed { .. });
+        self.objects.insert(
+            id,
+            Object {
+                name: name.to_owned(),
+                size,
+                phase,
+                deleted: false,
+                evictable,
+                segment: Arc::new(segment),
+                leases: 0,
+                created: Instant::now(),
+                last_access: 0,
+            },
+        );
+        self.names.insert(name.to_owned(), id);
+        if sealed {
+            self.touch(id);
+        }
+        id
+    }
+
+    /// Reserves room and binds `name` to a new unsealed object owned by `owner`.
+    /// Returns the evicted names with the id.
+    pub fn reserve(
+        &mut self,
+        name: &str,
+        size: u64,
+        evictable: bool,
+        segment: OwnedFd,
+        owner: ConnId,
+    ) -> Result<(ObjectId, Vec<String>), StoreError> {
+        self.check_unbound(name)?;
+        let evicted = self.make_room(size)?;
+        let id = self.insert(name, size, evictable, segment, Phase::Pending { owner, sealing: false });
+        Ok((id, evicted))
+    }
+
+    fn check_unbound(&self, name: &str) -> Result<(), StoreError> {
+        match self.names.get(name).and_then(|id| self.objects.get(id)) {
+            None => Ok(()),
+            Some(obj) => match obj.phase {
+                Phase::Pending { .. } => Err(StoreError::Pending(name.to_owned())),
+                Phase::Sealed { .. } => Err(StoreError::AlreadyExists(name.to_owned())),
+            },
+        }
+    }
+
+    /// Marks an unsealed object of `owner` as being sealed and returns its memfd.
+    pub fn begin_seal(&mut self, id: ObjectId, owner: ConnId) -> Result<(Arc<OwnedFd>, u64), StoreError> {
+        let obj = self.objects.get_mut(&id).ok_or(StoreError::UnknownPending(id))?;
+        match &mut obj.phase {
+            Phase::Pending { owner: o, sealing } if *o == owner => {
+                if *sealing {
+                    return Err(StoreError::AlreadySealed(id));
+                }
+                *sealing = true;
+                Ok((obj.segment.clone(), obj.size))
+            }
+            Phase::Pending { .. } => Err(StoreError::UnknownPending(id)),
+            Phase::Sealed { .. } => Err(StoreError::AlreadySealed(id)),
+        }
+    }
+
+    /// Undoes [`Store::begin_seal`] after a failed seal; the object stays unsealed.
+    pub fn seal_failed(&mut self, id: ObjectId) {
+        if let Some(Object { phase: Phase::Pending { sealing, .. }, .. }) = self.objects.get_mut(&id) {
+            *sealing = false;
+        }
+    }
+
+    /// Completes a seal started with [`Store::begin_seal`].
+    pub fn finish_seal(&mut self, id: ObjectId, manifest: Manifest) -> Result<ObjectInfo, StoreError> {
+        let obj = self.objects.get_mut(&id).ok_or(StoreError::UnknownPending(id))?;
+        obj.phase = Phase::Sealed { manifest: Arc::new(manifest) };
+        self.touch(id);
+        self.info(id).ok_or(StoreError::UnknownPending(id))
+    }
+
+    /// Drops an unsealed object of `owner`.
+    pub fn abort(&mut self, id: ObjectId, owner: ConnId) -> Result<(), StoreError> {
+        match self.objects.get(&id).map(|o| &o.phase) {
+            Some(Phase::Pending { owner: o, .. }) if *o == owner => {
+                self.remove(id);
+                Ok(())
+            }
+            Some(Phase::Sealed { .. }) => Err(StoreError::AlreadySealed(id)),
+            _ => Err(StoreError::UnknownPending(id)),
+        }
+    }
+
+    /// Binds `name` to an object that is already sealed and hashed.
+    pub fn adopt(
+        &mut self,
+        name: &str,
+        evictable: bool,
+        segment: OwnedFd,
+        manifest: Manifest,
+    ) -> Result<(Adopted, Vec<String>), StoreError> {
+        if let Some(&id) = self.names.get(name) {
+            let same = match self.objects.get(&id).map(|o| &o.phase) {
+                Some(Phase::Sealed { manifest: m }) => m.root == manifest.root && m.size == manifest.size,
+                Some(Phase::Pending { .. }) => return Err(StoreError::Pending(name.to_owned())),
+                None => false,
+            };
+            if !same {
+                return Err(StoreError::AlreadyExists(name.to_owned()));
+            }
+            let info = self.info(id).ok_or_else(|| StoreError::NotFound(name.to_owned()))?;
+            return Ok((Adopted::Existing(info), Vec::new()));
+        }
+        let size = manifest.size;
+        let evicted = self.make_room(size)?;
+        let id = self.insert(name, size, evictable, segment, Phase::Sealed { manifest: Arc::new(manifest) });
+        let info = self.info(id).ok_or_else(|| StoreError::NotFound(name.to_owned()))?;
+        Ok((Adopted::New(info), evicted))
+    }
+
+    /// Takes a lease on the sealed object bound to `name`.
+    pub fn lease(&mut self, name: &str) -> Lookup {
+        let Some(&id) = self.names.get(name) else { return Lookup::NotYet };
+        let Some(obj) = self.objects.get_mut(&id) else { return Lookup::NotYet };
+        if !matches!(obj.phase, Phase::Sealed { .. }) {
+            return Lookup::NotYet;
+        }
+        obj.leases += 1;
+        let segment = obj.segment.clone();
+        self.touch(id);
+        match self.info(id) {
+            Some(info) => Lookup::Ready(Lease { info, segment }),
+            None => Lookup::NotYet,
+        }
+    }
+
+    /// Returns one lease; frees a deleted object with its last lease.
+    pub fn release(&mut self, id: ObjectId) -> bool {
+        let Some(obj) = self.objects.get_mut(&id) else { return false };
+        if obj.leases == 0 {
+            return false;
+        }
+        obj.leases -= 1;
+        if obj.leases == 0 && obj.deleted {
+            self.remove(id);
+        }
+        true
+    }
+
+    /// Unbinds `name`; see the module docs for what happens to leased objects.
+    pub fn delete(&mut self, name: &str) -> Result<(), StoreError> {
+        let id = *self.names.get(name).ok_or_else(|| StoreError::NotFound(name.to_owned()))?;
+        let Some(obj) = self.objects.get_mut(&id) else {
+            return Err(StoreError::NotFound(name.to_owned()));
+        };
+        if matches!(obj.phase, Phase::Pending { .. }) {
+            return Err(StoreError::DeletePending(name.to_owned()));
+        }
+        if obj.leases == 0 {
+            self.remove(id);
+        } else {
+            obj.deleted = true;
+            self.names.remove(name);
+        }
+        Ok(())
+    }
+
+    pub fn info(&self, id: ObjectId) -> Option<ObjectInfo> {
+        let obj = self.objects.get(&id)?;
+        let (state, digest) = match (&obj.phase, obj.deleted) {
+            (Phase::Pending { .. }, _) => (ObjectState::Pending, None),
+            (Phase::Sealed { manifest }, false) => (ObjectState::Sealed, Some(manifest.root)),
+            (Phase::Sealed { manifest }, true) => (ObjectState::Deleted, Some(manifest.root)),
+        };
+        Some(ObjectInfo {
+            id,
+            name: obj.name.clone(),
+            size: obj.size,
+            state,
+            digest,
+            chunk_size: self.chunk_size,
+            leases: obj.leases,
+            age_ms: obj.created.elapsed().as_millis() as u64,
+            evictable: obj.evictable,
+        })
+    }
+
+    pub fn stat(&self, name: &str) -> Result<ObjectInfo, StoreError> {
+        self.names
+            .get(name)
+            .and_then(|&id| self.info(id))
+            .ok_or_else(|| StoreError::NotFound(name.to_owned()))
+    }
+
+    pub fn manifest(&self, name: &str) -> Option<Arc<Manifest>> {
+        let obj = self.objects.get(self.names.get(name)?)?;
+        match &obj.phase {
+            Phase::Sealed { manifest } => Some(manifest.clone()),
+            Phase::Pending { .. } => None,
+        }
+    }
+
+    /// Every object, bound or deleted-but-leased, sorted by name.
+    pub fn list(&self) -> Vec<ObjectInfo> {
+        let mut all: Vec<ObjectInfo> = self.objects.keys().filter_map(|&id| self.info(id)).collect();
+        all.sort_by(|a, b| a.name.cmp(&b.name).then(a.id.cmp(&b.id)));
+        all
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap as Model;
+
+    fn fd() -> OwnedFd {
+        store_client::sys::create_memfd(0).unwrap()
+    }
+
+    fn manifest(size: u64, seed: u8) -> Manifest {
+        let data = vec![seed; size as usize];
+        Manifest::compute(&data, 1024, 1).unwrap()
+    }
+
+    fn put(store: &mut Store, name: &str, size: u64, evictable: bool) -> Result<ObjectInfo, StoreError> {
+        match store.adopt(name, evictable, fd(), manifest(size, 1))? {
+            (Adopted::New(info), _) | (Adopted::Existing(info), _) => Ok(info),
+        }
+    }
+
+    fn lease_id(store: &mut Store, name: &str) -> ObjectId {
+        match store.lease(name) {
+            Lookup::Ready(l) => l.info.id,
+            Lookup::NotYet => panic!("{name} not ready"),
+        }
+    }
+
+    #[test]
+    fn names_bind_once_same_content_is_a_no_op() {
+        let mut s = Store::new(10_000, 1024);
+        let first = put(&mut s, "a", 100, false).unwrap();
+        let (again, _) = s.adopt("a", false, fd(), manifest(100, 1)).unwrap();
+        assert_eq!(again, Adopted::Existing(first.clone()));
+        assert_eq!(s.adopt("a", false, fd(), manifest(100, 2)).unwrap_err(), StoreError::AlreadyExists("a".into()));
+        assert_eq!(s.used(), 100);
+    }
+
+    #[test]
+    fn evicts_least_recently_used_evictable_objects_first() {
+        let mut s = Store::new(300, 1024);
+        put(&mut s, "a", 100, true).unwrap();
+        put(&mut s, "b", 100, true).unwrap();
+        put(&mut s, "c", 100, true).unwrap();
+        // Touch "a" so that "b" becomes the oldest.
+        let id = lease_id(&mut s, "a");
+        s.release(id);
+        let (_, evicted) = s.adopt("d", true, fd(), manifest(100, 4)).unwrap();
+        assert_eq!(evicted, vec!["b".to_string()]);
+        let (_, evicted) = s.adopt("e", true, fd(), manifest(200, 5)).unwrap();
+        assert_eq!(evicted, vec!["c".to_string(), "a".to_string()]);
+        assert_eq!(s.evictions(), 3);
+    }
+
+    #[test]
+    fn leased_and_primary_objects_are_never_evicted() {
+        let mut s = Store::new(300, 1024);
+        put(&mut s, "primary", 100, false).unwrap();
+        put(&mut s, "leased", 100, true).unwrap();
+        put(&mut s, "cache", 100, true).unwrap();
+        let _lease = lease_id(&mut s, "leased");
+        let (_, evicted) = s.adopt("new", true, fd(), manifest(100, 9)).unwrap();
+        assert_eq!(evicted, vec!["cache".to_string()]);
+        let err = s.adopt("big", true, fd(), manifest(150, 9)).unwrap_err();
+        assert!(matches!(err, StoreError::StoreFull { size: 150, free: 0, evictable: 100, capacity: 300 }));
+        // A failed put evicts nothing.
+        assert!(s.stat("new").is_ok());
+        assert_eq!(s.adopt("huge", true, fd(), manifest(301, 9)).unwrap_err(), StoreError::TooLarge { size: 301, capacity: 300 });
+    }
+
+    #[test]
+    fn delete_of_a_leased_object_defers_the_free() {
+        let mut s = Store::new(1000, 1024);
+        put(&mut s, "a", 100, false).unwrap();
+        let id = lease_id(&mut s, "a");
+        s.delete("a").unwrap();
+        assert!(matches!(s.lease("a"), Lookup::NotYet));
+        assert_eq!(s.used(), 100);
+        assert_eq!(s.info(id).unwrap().state, ObjectState::Deleted);
+        // The name can be bound again while the old object lives on.
+        put(&mut s, "a", 50, false).unwrap();
+        assert!(s.release(id));
+        assert_eq!(s.used(), 50);
+        assert!(!s.release(id));
+        assert_eq!(s.delete("zzz"), Err(StoreError::NotFound("zzz".into())));
+    }
+
+    #[test]
+    fn pending_objects_belong_to_their_creator() {
+        let mut s = Store::new(1000, 1024);
+        let (id, _) = s.reserve("p", 10, false, fd(), 7).unwrap();
+        assert!(matches!(s.lease("p"), Lookup::NotYet));
+        assert_eq!(s.reserve("p", 10, false, fd(), 8).unwrap_err(), StoreError::Pending("p".into()));
+        assert_eq!(s.begin_seal(id, 8).unwrap_err(), StoreError::UnknownPending(id));
+        assert_eq!(s.delete("p"), Err(StoreError::DeletePending("p".into())));
+        s.begin_seal(id, 7).unwrap();
+        assert_eq!(s.begin_seal(id, 7).unwrap_err(), StoreError::AlreadySealed(id));
+        s.seal_failed(id);
+        s.begin_seal(id, 7).unwrap();
+        s.finish_seal(id, manifest(10, 3)).unwrap();
+        assert!(matches!(s.lease("p"), Lookup::Ready(_)));
+        assert_eq!(s.abort(id, 7), Err(StoreError::AlreadySealed(id)));
+        let (id2, _) = s.reserve("q", 10, false, fd(), 7).unwrap();
+        s.abort(id2, 7).unwrap();
+        assert_eq!(s.used(), 10);
+    }
+
+    /// Random operations against a simple reference model of bytes in use.
+    #[test]
+    fn accounting_matches_a_reference_model() {
+        let mut s = Store::new(1000, 1024);
+        let mut model: Model<String, (u64, u32)> = Model::new();
+        let mut leases: Vec<(String, ObjectId)> = Vec::new();
+        let mut x: u64 = 12345;
+        for _ in 0..3000 {
+            x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            let name = format!("o{}", (x >> 33) % 12);
+            let size = (x >> 40) % 300;
+            match (x >> 20) % 4 {
+                0 => {
+                    if let Ok((Adopted::New(_), evicted)) = s.adopt(&name, true, fd(), manifest(size, 1)) {
+                        for e in evicted {
+                            assert_eq!(model.get(&e).map(|m| m.1), Some(0), "evicted a leased object");
+                            model.remove(&e);
+                        }
+                        model.insert(name, (size, 0));
+                    }
+                }
+                1 => {
+                    if let Lookup::Ready(l) = s.lease(&name) {
+                        model.get_mut(&name).unwrap().1 += 1;
+                        leases.push((name, l.info.id));
+                    }
+                }
+                2 => {
+                    if let Some((n, id)) = leases.pop() {
+                        s.release(id);
+                        if let Some(m) = model.get_mut(&n) {
+                            if s.info(id).is_some_and(|i| i.state == ObjectState::Sealed) {
+                                m.1 -= 1;
+                            }
+                        }
+                    }
+                }
+                _ => {
+                    if s.delete(&name).is_ok() {
+                        model.remove(&name);
+                    }
+                }
+            }
+            assert!(s.used() <= s.capacity());
+            let bound: u64 = model.values().map(|m| m.0).sum();
+            assert!(s.used() >= bound);
+        }
+    }
+}

@@ -1,0 +1,1 @@
+//! Test harness: starts real daemons as processes. Placeholder until written.
