@@ -1,1 +1,113 @@
-//! Test harness: starts real daemons as processes. Placeholder until written.
+//! Test harness and benches of the workspace: starts real daemons as processes (the binary
+//! built by cargo next to the test executable) and cleans them up even when a test fails.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use store_client::StoreClient;
+
+/// Path of a workspace binary built by the same cargo invocation as the running test.
+pub fn workspace_bin(name: &str) -> anyhow::Result<PathBuf> {
+    let exe = std::env::current_exe()?;
+    // target/<profile>/deps/<test-binary> -> target/<profile>/<name>
+    let mut dir = exe.parent().context("test binary has no parent")?;
+    if dir.ends_with("deps") {
+        dir = dir.parent().context("deps has no parent")?;
+    }
+    let path = dir.join(name);
+    if !path.exists() {
+        bail!("{} not built: run the workspace's tests with `cargo test --workspace`", path.display());
+    }
+    Ok(path)
+}
+
+/// A `store-daemon` process with its own socket in a temporary directory.
+#[derive(Debug)]
+pub struct DaemonProcess {
+    child: Child,
+    socket: PathBuf,
+    dir: tempfile::TempDir,
+}
+
+impl DaemonProcess {
+    /// Starts a daemon with `capacity` bytes and extra `args`, and waits until it accepts.
+    pub fn start(capacity: &str, args: &[&str]) -> anyhow::Result<Self> {
+        let dir = tempfile::Builder::new().prefix("store-test").tempdir()?;
+        let socket = dir.path().join("store.sock");
+        let child = Command::new(workspace_bin("store-daemon")?)
+            .arg("--socket")
+            .arg(&socket)
+            .arg("--capacity")
+            .arg(capacity)
+            .args(args)
+            .env("STORE_LOG", "warn")
+            .stdin(Stdio::null())
+            .spawn()
+            .context("spawning store-daemon")?;
+        let mut daemon = Self { child, socket, dir };
+        daemon.wait_ready(Duration::from_secs(20))?;
+        Ok(daemon)
+    }
+
+    fn wait_ready(&mut self, limit: Duration) -> anyhow::Result<()> {
+        let start = Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                bail!("store-daemon exited during start-up: {status}");
+            }
+            if std::os::unix::net::UnixStream::connect(&self.socket).is_ok() {
+                return Ok(());
+            }
+            if start.elapsed() > limit {
+                bail!("store-daemon did not listen within {limit:?}");
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    pub fn socket(&self) -> &Path {
+        &self.socket
+    }
+
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn client(&self) -> anyhow::Result<StoreClient> {
+        Ok(StoreClient::connect(&self.socket)?)
+    }
+
+    /// Sends SIGTERM and waits for the exit status.
+    pub fn terminate(mut self) -> anyhow::Result<std::process::ExitStatus> {
+        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM)?;
+        let start = Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                return Ok(status);
+            }
+            if start.elapsed() > Duration::from_secs(20) {
+                bail!("store-daemon ignored SIGTERM for 20 s");
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Whether the process is still running.
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+}
+
+impl Drop for DaemonProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
