@@ -8,6 +8,7 @@
 
 pub mod bench;
 pub mod client;
+pub mod ctl;
 pub mod frame;
 pub mod manifest;
 pub mod name;

@@ -259,14 +259,14 @@ impl Connection {
             let segment = segment.clone();
             blocking(move || ingest::seal_and_hash(segment.as_fd(), chunk_size, threads)).await?
         };
-        let manifest = match hashed {
-            Ok(m) => m,
+        let (manifest, mapping) = match hashed {
+            Ok(done) => done,
             Err(e) => {
                 self.shared.store().seal_failed(id);
                 return Err(e.into());
             }
         };
-        let info = self.shared.store().finish_seal(id, manifest)?;
+        let info = self.shared.store().finish_seal(id, manifest, mapping)?;
         self.holdings.pending.remove(&id);
         self.shared.notify_sealed();
         Ok((Response::Sealed(info), None))
@@ -277,13 +277,13 @@ impl Connection {
         let size = sys::file_size(fd.as_fd())?;
         self.shared.store().check_room(size)?;
         let (chunk_size, threads) = (self.shared.config.chunk_size, self.shared.config.hash_threads);
-        let (fd, manifest) = if size <= INLINE_HASH_LIMIT {
-            let m = ingest::seal_and_hash(fd.as_fd(), chunk_size, 1)?;
-            (fd, m)
+        let (fd, (manifest, mapping)) = if size <= INLINE_HASH_LIMIT {
+            let done = ingest::seal_and_hash(fd.as_fd(), chunk_size, 1)?;
+            (fd, done)
         } else {
-            blocking(move || ingest::seal_and_hash(fd.as_fd(), chunk_size, threads).map(|m| (fd, m))).await??
+            blocking(move || ingest::seal_and_hash(fd.as_fd(), chunk_size, threads).map(|done| (fd, done))).await??
         };
-        self.adopt(&name, evictable, fd, manifest)
+        self.adopt(&name, evictable, fd, manifest, mapping)
     }
 
     async fn put_file(&mut self, name: String, evictable: bool, src: OwnedFd) -> Reply {
@@ -291,17 +291,24 @@ impl Connection {
         let size = ingest::regular_file_size(src.as_fd())?;
         self.shared.store().check_room(size)?;
         let chunk_size = self.shared.config.chunk_size;
-        let (dst, manifest) = blocking(move || -> Result<_, IngestError> {
+        let (dst, (manifest, mapping)) = blocking(move || -> Result<_, IngestError> {
             let dst = sys::create_memfd(size)?;
-            let m = ingest::copy_hash_and_seal(src.as_fd(), dst.as_fd(), size, chunk_size)?;
-            Ok((dst, m))
+            let done = ingest::copy_hash_and_seal(src.as_fd(), dst.as_fd(), size, chunk_size)?;
+            Ok((dst, done))
         })
         .await??;
-        self.adopt(&name, evictable, dst, manifest)
+        self.adopt(&name, evictable, dst, manifest, mapping)
     }
 
-    fn adopt(&mut self, name: &str, evictable: bool, fd: OwnedFd, manifest: store_client::Manifest) -> Reply {
-        let (adopted, evicted) = self.shared.store().adopt(name, evictable, fd, manifest)?;
+    fn adopt(
+        &mut self,
+        name: &str,
+        evictable: bool,
+        fd: OwnedFd,
+        manifest: store_client::Manifest,
+        mapping: sys::ReadOnlyMapping,
+    ) -> Reply {
+        let (adopted, evicted) = self.shared.store().adopt(name, evictable, fd, manifest, mapping)?;
         log_evictions(&evicted);
         match adopted {
             Adopted::New(info) => {

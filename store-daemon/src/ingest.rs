@@ -36,11 +36,14 @@ impl IngestError {
 }
 
 /// Seals a memfd that others may have written, then hashes what it now holds for good.
-pub fn seal_and_hash(fd: BorrowedFd<'_>, chunk_size: u64, threads: usize) -> Result<Manifest, IngestError> {
+/// Returns the daemon's own read-only mapping with the manifest: it is kept for the
+/// object's life, so unmapping never lands on the put's path.
+pub fn seal_and_hash(fd: BorrowedFd<'_>, chunk_size: u64, threads: usize) -> Result<(Manifest, ReadOnlyMapping), IngestError> {
     sys::seal_immutable(fd)?;
     let size = sys::file_size(fd)?;
     let map = ReadOnlyMapping::new(fd, size)?;
-    Ok(Manifest::compute(&map, chunk_size, threads)?)
+    let manifest = Manifest::compute(&map, chunk_size, threads)?;
+    Ok((manifest, map))
 }
 
 /// Checks that `fd` is a regular file and returns its size.
@@ -63,7 +66,7 @@ pub fn copy_hash_and_seal(
     dst: BorrowedFd<'_>,
     size: u64,
     chunk_size: u64,
-) -> Result<Manifest, IngestError> {
+) -> Result<(Manifest, ReadOnlyMapping), IngestError> {
     let count = manifest::chunk_count(size, chunk_size);
     let map = ReadOnlyMapping::new_exclusive(dst, size)?;
     let chunks = std::thread::scope(|scope| -> Result<Vec<Digest>, IngestError> {
@@ -88,9 +91,8 @@ pub fn copy_hash_and_seal(
         drop(landed_tx);
         hasher.join().map_err(|_| std::io::Error::other("hashing thread panicked").into())
     })?;
-    drop(map);
     sys::seal_immutable(dst.as_fd())?;
-    Ok(Manifest::from_chunk_hashes(size, chunk_size, chunks)?)
+    Ok((Manifest::from_chunk_hashes(size, chunk_size, chunks)?, map))
 }
 
 #[cfg(test)]
@@ -106,10 +108,11 @@ mod tests {
             file.write_all(&data).unwrap();
             let size = regular_file_size(file.as_fd()).unwrap();
             let dst = sys::create_memfd(size).unwrap();
-            let m = copy_hash_and_seal(file.as_fd(), dst.as_fd(), size, 65536).unwrap();
+            let (m, map) = copy_hash_and_seal(file.as_fd(), dst.as_fd(), size, 65536).unwrap();
             assert_eq!(m.root.0, *blake3::hash(&data).as_bytes(), "len {len}");
+            assert_eq!(&map[..], &data[..]);
             assert!(sys::is_sealed(dst.as_fd()));
-            let m2 = seal_and_hash(sys::create_memfd(0).unwrap().as_fd(), 65536, 2).unwrap();
+            let (m2, _) = seal_and_hash(sys::create_memfd(0).unwrap().as_fd(), 65536, 2).unwrap();
             assert_eq!(m2.size, 0);
         }
     }

@@ -17,6 +17,7 @@ use std::time::Instant;
 
 use store_client::manifest::Manifest;
 use store_client::protocol::{ErrorCode, ObjectId, ObjectInfo, ObjectState};
+use store_client::sys::ReadOnlyMapping;
 use thiserror::Error;
 
 /// Identifies a client connection, to tie unsealed objects to their creator.
@@ -59,7 +60,7 @@ impl StoreError {
 #[derive(Debug)]
 enum Phase {
     Pending { owner: ConnId, sealing: bool },
-    Sealed { manifest: Arc<Manifest> },
+    Sealed { manifest: Arc<Manifest>, mapping: Arc<ReadOnlyMapping> },
 }
 
 #[derive(Debug)]
@@ -282,9 +283,9 @@ impl Store {
     }
 
     /// Completes a seal started with [`Store::begin_seal`].
-    pub fn finish_seal(&mut self, id: ObjectId, manifest: Manifest) -> Result<ObjectInfo, StoreError> {
+    pub fn finish_seal(&mut self, id: ObjectId, manifest: Manifest, mapping: ReadOnlyMapping) -> Result<ObjectInfo, StoreError> {
         let obj = self.objects.get_mut(&id).ok_or(StoreError::UnknownPending(id))?;
-        obj.phase = Phase::Sealed { manifest: Arc::new(manifest) };
+        obj.phase = Phase::Sealed { manifest: Arc::new(manifest), mapping: Arc::new(mapping) };
         self.touch(id);
         self.info(id).ok_or(StoreError::UnknownPending(id))
     }
@@ -308,10 +309,11 @@ impl Store {
         evictable: bool,
         segment: OwnedFd,
         manifest: Manifest,
+        mapping: ReadOnlyMapping,
     ) -> Result<(Adopted, Vec<String>), StoreError> {
         if let Some(&id) = self.names.get(name) {
             let same = match self.objects.get(&id).map(|o| &o.phase) {
-                Some(Phase::Sealed { manifest: m }) => m.root == manifest.root && m.size == manifest.size,
+                Some(Phase::Sealed { manifest: m, .. }) => m.root == manifest.root && m.size == manifest.size,
                 Some(Phase::Pending { .. }) => return Err(StoreError::Pending(name.to_owned())),
                 None => false,
             };
@@ -323,7 +325,7 @@ impl Store {
         }
         let size = manifest.size;
         let evicted = self.make_room(size)?;
-        let id = self.insert(name, size, evictable, segment, Phase::Sealed { manifest: Arc::new(manifest) });
+        let id = self.insert(name, size, evictable, segment, Phase::Sealed { manifest: Arc::new(manifest), mapping: Arc::new(mapping) });
         let info = self.info(id).ok_or_else(|| StoreError::NotFound(name.to_owned()))?;
         Ok((Adopted::New(info), evicted))
     }
@@ -379,8 +381,8 @@ impl Store {
         let obj = self.objects.get(&id)?;
         let (state, digest) = match (&obj.phase, obj.deleted) {
             (Phase::Pending { .. }, _) => (ObjectState::Pending, None),
-            (Phase::Sealed { manifest }, false) => (ObjectState::Sealed, Some(manifest.root)),
-            (Phase::Sealed { manifest }, true) => (ObjectState::Deleted, Some(manifest.root)),
+            (Phase::Sealed { manifest, .. }, false) => (ObjectState::Sealed, Some(manifest.root)),
+            (Phase::Sealed { manifest, .. }, true) => (ObjectState::Deleted, Some(manifest.root)),
         };
         Some(ObjectInfo {
             id,
@@ -402,10 +404,19 @@ impl Store {
             .ok_or_else(|| StoreError::NotFound(name.to_owned()))
     }
 
+    /// The daemon's own mapping of a sealed object, to serve its bytes.
+    pub fn mapping(&self, name: &str) -> Option<Arc<ReadOnlyMapping>> {
+        let obj = self.objects.get(self.names.get(name)?)?;
+        match &obj.phase {
+            Phase::Sealed { mapping, .. } => Some(mapping.clone()),
+            Phase::Pending { .. } => None,
+        }
+    }
+
     pub fn manifest(&self, name: &str) -> Option<Arc<Manifest>> {
         let obj = self.objects.get(self.names.get(name)?)?;
         match &obj.phase {
-            Phase::Sealed { manifest } => Some(manifest.clone()),
+            Phase::Sealed { manifest, .. } => Some(manifest.clone()),
             Phase::Pending { .. } => None,
         }
     }
@@ -433,8 +444,14 @@ mod tests {
     }
 
     fn put(store: &mut Store, name: &str, size: u64, evictable: bool) -> Result<ObjectInfo, StoreError> {
-        match store.adopt(name, evictable, fd(), manifest(size, 1))? {
+        match store.adopt(name, evictable, fd(), manifest(size, 1), ReadOnlyMapping::empty())? {
             (Adopted::New(info), _) | (Adopted::Existing(info), _) => Ok(info),
+        }
+    }
+
+    impl Store {
+        fn adopt_t(&mut self, name: &str, evictable: bool, fd: OwnedFd, m: Manifest) -> Result<(Adopted, Vec<String>), StoreError> {
+            self.adopt(name, evictable, fd, m, ReadOnlyMapping::empty())
         }
     }
 
@@ -449,9 +466,9 @@ mod tests {
     fn names_bind_once_same_content_is_a_no_op() {
         let mut s = Store::new(10_000, 1024);
         let first = put(&mut s, "a", 100, false).unwrap();
-        let (again, _) = s.adopt("a", false, fd(), manifest(100, 1)).unwrap();
+        let (again, _) = s.adopt_t("a", false, fd(), manifest(100, 1)).unwrap();
         assert_eq!(again, Adopted::Existing(first.clone()));
-        assert_eq!(s.adopt("a", false, fd(), manifest(100, 2)).unwrap_err(), StoreError::AlreadyExists("a".into()));
+        assert_eq!(s.adopt_t("a", false, fd(), manifest(100, 2)).unwrap_err(), StoreError::AlreadyExists("a".into()));
         assert_eq!(s.used(), 100);
     }
 
@@ -464,9 +481,9 @@ mod tests {
         // Touch "a" so that "b" becomes the oldest.
         let id = lease_id(&mut s, "a");
         s.release(id);
-        let (_, evicted) = s.adopt("d", true, fd(), manifest(100, 4)).unwrap();
+        let (_, evicted) = s.adopt_t("d", true, fd(), manifest(100, 4)).unwrap();
         assert_eq!(evicted, vec!["b".to_string()]);
-        let (_, evicted) = s.adopt("e", true, fd(), manifest(200, 5)).unwrap();
+        let (_, evicted) = s.adopt_t("e", true, fd(), manifest(200, 5)).unwrap();
         assert_eq!(evicted, vec!["c".to_string(), "a".to_string()]);
         assert_eq!(s.evictions(), 3);
     }
@@ -478,13 +495,13 @@ mod tests {
         put(&mut s, "leased", 100, true).unwrap();
         put(&mut s, "cache", 100, true).unwrap();
         let _lease = lease_id(&mut s, "leased");
-        let (_, evicted) = s.adopt("new", true, fd(), manifest(100, 9)).unwrap();
+        let (_, evicted) = s.adopt_t("new", true, fd(), manifest(100, 9)).unwrap();
         assert_eq!(evicted, vec!["cache".to_string()]);
-        let err = s.adopt("big", true, fd(), manifest(150, 9)).unwrap_err();
+        let err = s.adopt_t("big", true, fd(), manifest(150, 9)).unwrap_err();
         assert!(matches!(err, StoreError::StoreFull { size: 150, free: 0, evictable: 100, capacity: 300 }));
         // A failed put evicts nothing.
         assert!(s.stat("new").is_ok());
-        assert_eq!(s.adopt("huge", true, fd(), manifest(301, 9)).unwrap_err(), StoreError::TooLarge { size: 301, capacity: 300 });
+        assert_eq!(s.adopt_t("huge", true, fd(), manifest(301, 9)).unwrap_err(), StoreError::TooLarge { size: 301, capacity: 300 });
     }
 
     #[test]
@@ -516,7 +533,7 @@ mod tests {
         assert_eq!(s.begin_seal(id, 7).unwrap_err(), StoreError::AlreadySealed(id));
         s.seal_failed(id);
         s.begin_seal(id, 7).unwrap();
-        s.finish_seal(id, manifest(10, 3)).unwrap();
+        s.finish_seal(id, manifest(10, 3), ReadOnlyMapping::empty()).unwrap();
         assert!(matches!(s.lease("p"), Lookup::Ready(_)));
         assert_eq!(s.abort(id, 7), Err(StoreError::AlreadySealed(id)));
         let (id2, _) = s.reserve("q", 10, false, fd(), 7).unwrap();
@@ -537,7 +554,7 @@ mod tests {
             let size = (x >> 40) % 300;
             match (x >> 20) % 4 {
                 0 => {
-                    if let Ok((Adopted::New(_), evicted)) = s.adopt(&name, true, fd(), manifest(size, 1)) {
+                    if let Ok((Adopted::New(_), evicted)) = s.adopt(&name, true, fd(), manifest(size, 1), ReadOnlyMapping::empty()) {
                         for e in evicted {
                             assert_eq!(model.get(&e).map(|m| m.1), Some(0), "evicted a leased object");
                             model.remove(&e);

@@ -1,1 +1,162 @@
-fn main() {}
+use std::io::{Read, Write};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use store_client::client::PutOptions;
+use store_client::{StoreClient, bench, ctl};
+
+/// Command-line client of the node-local object store.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Cli {
+    /// The daemon's socket [default: $RUNTIME_DIRECTORY/store.sock, /run/store/store.sock or
+    /// $XDG_RUNTIME_DIR/store.sock].
+    #[arg(long, global = true, env = "STORE_SOCKET")]
+    socket: Option<PathBuf>,
+    /// Print JSON instead of tables.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Store a file (or `-` for standard input) as a sealed object.
+    Put {
+        file: PathBuf,
+        /// Object name [default: the file's name].
+        #[arg(long)]
+        name: Option<String>,
+        /// Let LRU eviction drop the object when room is needed.
+        #[arg(long)]
+        evictable: bool,
+    },
+    /// Write an object to a file or standard output.
+    Get {
+        name: String,
+        /// Output file, `-` for standard output.
+        #[arg(short, long, default_value = "-")]
+        output: PathBuf,
+        /// Seconds to wait for an object that is not sealed yet.
+        #[arg(long, default_value_t = 0.0)]
+        timeout: f64,
+    },
+    /// List objects.
+    Ls,
+    /// Show one object.
+    Stat { name: String },
+    /// Delete an object (mappings that exist stay valid until dropped).
+    Rm { name: String },
+    /// Microbenchmark of the local store against the running daemon.
+    Bench {
+        /// Size of the large objects.
+        #[arg(long, default_value = "1GiB")]
+        large_size: bytesize::ByteSize,
+        /// Seconds per calls/s case.
+        #[arg(long, default_value_t = 2.0)]
+        seconds: f64,
+        /// Repetitions of each large case (median reported).
+        #[arg(long, default_value_t = 5)]
+        repeats: usize,
+        /// Iterations of each latency case.
+        #[arg(long, default_value_t = 2000)]
+        latency_iterations: usize,
+        /// Directory for the file-put case.
+        #[arg(long, default_value = "/tmp")]
+        scratch_dir: PathBuf,
+    },
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let socket = cli.socket.clone().unwrap_or_else(store_client::default_socket_path);
+    let connect = || StoreClient::connect(&socket).context("is store-daemon running? (--socket / STORE_SOCKET)");
+    match cli.command {
+        Command::Put { file, name, evictable } => {
+            let client = connect()?;
+            let opts = PutOptions { evictable };
+            let start = Instant::now();
+            let info = if file.as_os_str() == "-" {
+                let name = name.context("--name is required when reading standard input")?;
+                let mut data = Vec::new();
+                std::io::stdin().read_to_end(&mut data)?;
+                client.put_with(&name, &data, opts)?
+            } else {
+                let name = match name {
+                    Some(n) => n,
+                    None => file.file_name().context("FILE has no file name; pass --name")?.to_string_lossy().into_owned(),
+                };
+                let size = std::fs::metadata(&file).with_context(|| format!("cannot read {}", file.display()))?.len();
+                let spinner = ctl::spinner(size, &format!("copying {name} in the kernel"));
+                let info = client.put_file(&name, &file, opts);
+                spinner.finish_and_clear();
+                info?
+            };
+            let secs = start.elapsed().as_secs_f64();
+            if cli.json {
+                let mut v = ctl::object_json(&info);
+                v["seconds"] = secs.into();
+                println!("{v}");
+            } else {
+                println!("{} {} sealed in {:.3} s ({:.2} GB/s), blake3 {}", info.name, bytesize::ByteSize(info.size), secs, info.size as f64 / secs / 1e9, info.digest.map(|d| d.to_hex()).unwrap_or_default());
+            }
+        }
+        Command::Get { name, output, timeout } => {
+            let client = connect()?;
+            let guard = client.get(&name, Duration::from_secs_f64(timeout.max(0.0)))?;
+            let bar = ctl::progress_bar(guard.len() as u64, &name);
+            if output.as_os_str() == "-" {
+                ctl::write_with_progress(&guard, &mut std::io::stdout().lock(), &bar)?;
+            } else {
+                let mut file = std::fs::File::create(&output).with_context(|| format!("cannot create {}", output.display()))?;
+                ctl::write_with_progress(&guard, &mut file, &bar)?;
+                if cli.json {
+                    println!("{}", ctl::object_json(guard.info()));
+                }
+            }
+        }
+        Command::Ls => {
+            let list = connect()?.list()?;
+            if cli.json {
+                println!("{}", serde_json::Value::Array(list.iter().map(ctl::object_json).collect()));
+            } else {
+                print!("{}", ctl::object_table(&list));
+            }
+        }
+        Command::Stat { name } => {
+            let info = connect()?.stat(&name)?;
+            if cli.json {
+                println!("{}", ctl::object_json(&info));
+            } else {
+                print!("{}", ctl::object_details(&info));
+            }
+        }
+        Command::Rm { name } => {
+            connect()?.delete(&name)?;
+            if cli.json {
+                println!("{}", serde_json::json!({ "deleted": name }));
+            }
+        }
+        Command::Bench { large_size, seconds, repeats, latency_iterations, scratch_dir } => {
+            let cfg = bench::BenchConfig {
+                socket: socket.clone(),
+                large_size: large_size.as_u64(),
+                duration: Duration::from_secs_f64(seconds),
+                repeats: repeats.max(1),
+                latency_iterations: latency_iterations.max(1),
+                scratch_dir,
+            };
+            let report = bench::run(&cfg, |step| eprintln!("bench: {step}"))?;
+            if cli.json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print!("{}", report.to_table());
+            }
+        }
+    }
+    std::io::stdout().flush()?;
+    Ok(())
+}
