@@ -134,10 +134,7 @@ fn get_calls(client: &StoreClient, name: &str, duration: Duration) -> Result<f64
 fn multi_client_get_calls(socket: &Path, name: &str, clients: usize, duration: Duration) -> Result<f64> {
     let connections = (0..clients).map(|_| StoreClient::connect(socket)).collect::<std::result::Result<Vec<_>, _>>()?;
     let rates = std::thread::scope(|scope| {
-        let handles: Vec<_> = connections
-            .iter()
-            .map(|c| scope.spawn(move || get_calls(c, name, duration)))
-            .collect();
+        let handles: Vec<_> = connections.iter().map(|c| scope.spawn(move || get_calls(c, name, duration))).collect();
         handles.into_iter().map(|h| h.join().unwrap_or(Ok(0.0))).collect::<Result<Vec<f64>>>()
     })?;
     Ok(rates.iter().sum())
@@ -199,12 +196,20 @@ pub fn run(cfg: &BenchConfig, mut progress: impl FnMut(&str)) -> Result<BenchRep
     let mut references = Vec::new();
 
     progress("put calls/s (1 KiB)");
-    results.push(Rate { name: "put+seal calls/s, 1 client, 1 KiB", value: put_calls(&client, cfg.duration)?, unit: "calls/s" });
+    results.push(Rate {
+        name: "put+seal calls/s, 1 client, 1 KiB",
+        value: put_calls(&client, cfg.duration)?,
+        unit: "calls/s",
+    });
 
     let small = format!("{p}/small");
     client.put(&small, &payload(1024))?;
     progress("get calls/s (1 KiB)");
-    results.push(Rate { name: "get calls/s, 1 client, 1 KiB", value: get_calls(&client, &small, cfg.duration)?, unit: "calls/s" });
+    results.push(Rate {
+        name: "get calls/s, 1 client, 1 KiB",
+        value: get_calls(&client, &small, cfg.duration)?,
+        unit: "calls/s",
+    });
     progress("get calls/s, 4 clients");
     results.push(Rate {
         name: "get calls/s, 4 clients, 1 KiB",
@@ -243,7 +248,8 @@ pub fn run(cfg: &BenchConfig, mut progress: impl FnMut(&str)) -> Result<BenchRep
     std::fs::write(&file_path, &data)?;
     let _ = reference_file_read(&file_path, &mut sink)?; // warm the page cache
     progress("reference: page-cache file read");
-    let read_ref = median((0..cfg.repeats).map(|_| reference_file_read(&file_path, &mut sink)).collect::<Result<Vec<_>>>()?);
+    let read_ref =
+        median((0..cfg.repeats).map(|_| reference_file_read(&file_path, &mut sink)).collect::<Result<Vec<_>>>()?);
     references.push(Rate { name: "page-cache file read", value: read_ref, unit: "GB/s" });
 
     progress("put from a cached file (large)");
@@ -256,13 +262,22 @@ pub fn run(cfg: &BenchConfig, mut progress: impl FnMut(&str)) -> Result<BenchRep
     }
     let _ = std::fs::remove_file(&file_path);
     let put_file = median(put_file);
-    results.push(Rate { name: "put GB/s from a cached file (large, incl. seal + BLAKE3)", value: put_file, unit: "GB/s" });
+    results.push(Rate {
+        name: "put GB/s from a cached file (large, incl. seal + BLAKE3)",
+        value: put_file,
+        unit: "GB/s",
+    });
 
     progress("get latency (large)");
     client.put(&large, &data)?;
     drop(data);
     drop(sink);
-    let big_latency = latency(&client, &large, format!("get latency, {}", bytesize::ByteSize(cfg.large_size)), cfg.latency_iterations)?;
+    let big_latency = latency(
+        &client,
+        &large,
+        format!("get latency, {}", bytesize::ByteSize(cfg.large_size)),
+        cfg.latency_iterations,
+    )?;
     client.delete(&large)?;
     client.delete(&small)?;
 

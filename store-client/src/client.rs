@@ -98,7 +98,17 @@ impl Connection {
     }
 
     fn call(&mut self, req: &Request, fd: Option<&OwnedFd>) -> Result<(Response, Option<OwnedFd>)> {
-        self.send(req, fd)?;
+        if let Err(e) = self.send(req, fd) {
+            // The daemon may have answered and hung up before reading anything (it refuses a
+            // peer that is not on its allow-list that way): its answer says why, a broken
+            // pipe does not.
+            if matches!(e.kind(), io::ErrorKind::BrokenPipe | io::ErrorKind::ConnectionReset)
+                && let Ok((Response::Error { code, message }, _)) = self.receive()
+            {
+                return Err(ClientError::Store { code, message });
+            }
+            return Err(e.into());
+        }
         match self.receive()? {
             (Response::Error { code, message }, _) => Err(ClientError::Store { code, message }),
             ok => Ok(ok),
@@ -150,8 +160,8 @@ impl StoreClient {
     /// Connects to the daemon listening at `path`.
     pub fn connect(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref();
-        let stream = UnixStream::connect(path)
-            .map_err(|source| ClientError::Connect { path: path.to_owned(), source })?;
+        let stream =
+            UnixStream::connect(path).map_err(|source| ClientError::Connect { path: path.to_owned(), source })?;
         let client = Self {
             shared: Arc::new(Shared {
                 conn: Mutex::new(Connection { stream, frames: FrameBuffer::new(), fds: Vec::new() }),
@@ -165,9 +175,7 @@ impl StoreClient {
 
     /// Connects to `$STORE_SOCKET`, else the default socket path.
     pub fn connect_default() -> Result<Self> {
-        let path = std::env::var_os(crate::SOCKET_ENV)
-            .map(PathBuf::from)
-            .unwrap_or_else(crate::default_socket_path);
+        let path = std::env::var_os(crate::SOCKET_ENV).map(PathBuf::from).unwrap_or_else(crate::default_socket_path);
         Self::connect(path)
     }
 
@@ -361,5 +369,21 @@ impl Drop for WritableObject {
             self.map = None;
             let _ = self.shared.call(&Request::Abort { id: self.id }, None);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_answer_sent_before_the_daemon_hung_up_is_not_lost() {
+        let (client_end, daemon_end) = UnixStream::pair().unwrap();
+        let refusal = Response::Error { code: ErrorCode::PermissionDenied, message: "uid 1 is not allowed".into() };
+        (&daemon_end).write_all(&frame::encode(&refusal)).unwrap();
+        drop(daemon_end);
+        let mut conn = Connection { stream: client_end, frames: FrameBuffer::new(), fds: Vec::new() };
+        let err = conn.call(&Request::Hello { version: PROTOCOL_VERSION }, None).unwrap_err();
+        assert_eq!(err.code(), Some(ErrorCode::PermissionDenied), "{err}");
     }
 }

@@ -17,7 +17,9 @@ pub fn progress_bar(total: u64, message: &str) -> ProgressBar {
         return ProgressBar::hidden();
     }
     let bar = ProgressBar::new(total);
-    if let Ok(style) = ProgressStyle::with_template("{msg} [{bar:30}] {bytes}/{total_bytes} {binary_bytes_per_sec} eta {eta}") {
+    if let Ok(style) =
+        ProgressStyle::with_template("{msg} [{bar:30}] {bytes}/{total_bytes} {binary_bytes_per_sec} eta {eta}")
+    {
         bar.set_style(style.progress_chars("=> "));
     }
     bar.set_message(message.to_owned());
@@ -65,7 +67,10 @@ fn human_age(ms: u64) -> String {
 
 /// Objects as an aligned table.
 pub fn object_table(objects: &[ObjectInfo]) -> String {
-    let mut out = format!("{:<40} {:>12} {:<8} {:>6} {:>6} {:<4} {}\n", "NAME", "SIZE", "STATE", "LEASES", "AGE", "EVIC", "DIGEST");
+    let mut out = format!(
+        "{:<40} {:>12} {:<8} {:>6} {:>6} {:<4} {}\n",
+        "NAME", "SIZE", "STATE", "LEASES", "AGE", "EVIC", "DIGEST"
+    );
     for o in objects {
         let digest = o.digest.map(|d| d.to_hex()[..16].to_owned()).unwrap_or_else(|| "-".into());
         out.push_str(&format!(

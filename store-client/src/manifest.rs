@@ -74,10 +74,7 @@ pub fn chunk_hash(index: u64, bytes: &[u8], size: u64, chunk_size: u64) -> Diges
     if chunk_count(size, chunk_size) == 1 {
         return Digest(*blake3::hash(bytes).as_bytes());
     }
-    let cv = blake3::Hasher::new()
-        .set_input_offset(index * chunk_size)
-        .update(bytes)
-        .finalize_non_root();
+    let cv = blake3::Hasher::new().set_input_offset(index * chunk_size).update(bytes).finalize_non_root();
     Digest(cv)
 }
 
@@ -129,11 +126,7 @@ impl Manifest {
     }
 
     /// Assembles a manifest from chunk hashes computed elsewhere (e.g. while filling).
-    pub fn from_chunk_hashes(
-        size: u64,
-        chunk_size: u64,
-        chunks: Vec<Digest>,
-    ) -> Result<Self, ManifestError> {
+    pub fn from_chunk_hashes(size: u64, chunk_size: u64, chunks: Vec<Digest>) -> Result<Self, ManifestError> {
         check_chunk_size(chunk_size)?;
         let expected = chunk_count(size, chunk_size);
         if chunks.len() as u64 != expected {

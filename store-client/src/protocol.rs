@@ -53,16 +53,24 @@ pub enum Request {
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Response {
-    Hello { version: u32, daemon: String },
+    Hello {
+        version: u32,
+        daemon: String,
+    },
     /// Carries the writable memfd of the new object.
-    Created { id: ObjectId },
+    Created {
+        id: ObjectId,
+    },
     Sealed(ObjectInfo),
     /// Carries the sealed memfd.
     Object(ObjectInfo),
     Done,
     Listing(Vec<ObjectInfo>),
     Stat(ObjectInfo),
-    Error { code: ErrorCode, message: String },
+    Error {
+        code: ErrorCode,
+        message: String,
+    },
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]

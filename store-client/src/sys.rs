@@ -16,10 +16,8 @@ use nix::sys::memfd::{MFdFlags, memfd_create};
 use nix::sys::socket::{ControlMessage, ControlMessageOwned, MsgFlags, recvmsg, sendmsg};
 
 /// The seals that make an object immutable: no writes, no size change, no seal removal.
-pub const IMMUTABLE_SEALS: SealFlag = SealFlag::F_SEAL_WRITE
-    .union(SealFlag::F_SEAL_SHRINK)
-    .union(SealFlag::F_SEAL_GROW)
-    .union(SealFlag::F_SEAL_SEAL);
+pub const IMMUTABLE_SEALS: SealFlag =
+    SealFlag::F_SEAL_WRITE.union(SealFlag::F_SEAL_SHRINK).union(SealFlag::F_SEAL_GROW).union(SealFlag::F_SEAL_SEAL);
 
 /// Most descriptors a single message may carry.
 pub const MAX_FDS_PER_MESSAGE: usize = 4;
@@ -57,11 +55,7 @@ pub fn seals(fd: BorrowedFd<'_>) -> Result<SealFlag, SealError> {
 pub fn seal_immutable(fd: BorrowedFd<'_>) -> Result<(), SealError> {
     let current = seals(fd)?;
     if current.contains(SealFlag::F_SEAL_SEAL) {
-        return Err(if current.contains(IMMUTABLE_SEALS) {
-            SealError::AlreadySealed
-        } else {
-            SealError::NotSealable
-        });
+        return Err(if current.contains(IMMUTABLE_SEALS) { SealError::AlreadySealed } else { SealError::NotSealable });
     }
     match fcntl(fd, FcntlArg::F_ADD_SEALS(IMMUTABLE_SEALS)) {
         Ok(_) => Ok(()),
@@ -161,7 +155,13 @@ impl WritableMapping {
 
 /// Copies `len` bytes of `src` (from its offset 0) into `dst` at `dst_offset`, in the
 /// kernel. Falls back to read/write for descriptors `sendfile` cannot take.
-pub fn copy_into(src: BorrowedFd<'_>, src_offset: u64, dst: BorrowedFd<'_>, dst_offset: u64, len: u64) -> io::Result<()> {
+pub fn copy_into(
+    src: BorrowedFd<'_>,
+    src_offset: u64,
+    dst: BorrowedFd<'_>,
+    dst_offset: u64,
+    len: u64,
+) -> io::Result<()> {
     // sendfile writes at the destination's file offset, so position it first; it measured
     // faster than copy_file_range from ext4 into shmem here.
     nix::unistd::lseek(dst, dst_offset as i64, nix::unistd::Whence::SeekSet)?;
@@ -185,7 +185,13 @@ pub fn copy_into(src: BorrowedFd<'_>, src_offset: u64, dst: BorrowedFd<'_>, dst_
     Ok(())
 }
 
-fn copy_by_pread(src: BorrowedFd<'_>, mut off_in: u64, dst: BorrowedFd<'_>, mut off_out: u64, mut left: u64) -> io::Result<()> {
+fn copy_by_pread(
+    src: BorrowedFd<'_>,
+    mut off_in: u64,
+    dst: BorrowedFd<'_>,
+    mut off_out: u64,
+    mut left: u64,
+) -> io::Result<()> {
     use std::os::unix::fs::FileExt;
     let src = File::from(src.try_clone_to_owned()?);
     let dst = File::from(dst.try_clone_to_owned()?);

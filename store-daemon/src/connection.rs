@@ -198,10 +198,9 @@ impl Connection {
 
     async fn answer(&mut self, req: Request) -> Reply {
         match req {
-            Request::Hello { version } if version == PROTOCOL_VERSION => Ok((
-                Response::Hello { version, daemon: format!("store-daemon {}", env!("CARGO_PKG_VERSION")) },
-                None,
-            )),
+            Request::Hello { version } if version == PROTOCOL_VERSION => {
+                Ok((Response::Hello { version, daemon: format!("store-daemon {}", env!("CARGO_PKG_VERSION")) }, None))
+            }
             Request::Hello { version } => Err(Failure::new(
                 ErrorCode::BadRequest,
                 format!("protocol version {version} is not supported (this daemon speaks {PROTOCOL_VERSION})"),
@@ -390,7 +389,5 @@ fn log_evictions(evicted: &[String]) {
 }
 
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Result<T, Failure> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| Failure::new(ErrorCode::Internal, format!("worker failed: {e}")))
+    tokio::task::spawn_blocking(f).await.map_err(|e| Failure::new(ErrorCode::Internal, format!("worker failed: {e}")))
 }

@@ -38,7 +38,11 @@ impl IngestError {
 /// Seals a memfd that others may have written, then hashes what it now holds for good.
 /// Returns the daemon's own read-only mapping with the manifest: it is kept for the
 /// object's life, so unmapping never lands on the put's path.
-pub fn seal_and_hash(fd: BorrowedFd<'_>, chunk_size: u64, threads: usize) -> Result<(Manifest, ReadOnlyMapping), IngestError> {
+pub fn seal_and_hash(
+    fd: BorrowedFd<'_>,
+    chunk_size: u64,
+    threads: usize,
+) -> Result<(Manifest, ReadOnlyMapping), IngestError> {
     sys::seal_immutable(fd)?;
     let size = sys::file_size(fd)?;
     let map = ReadOnlyMapping::new(fd, size)?;

@@ -42,7 +42,8 @@ fn main() -> anyhow::Result<()> {
         chunk_size.is_power_of_two() && chunk_size >= 1024,
         "--chunk-size must be a power of two of at least 1 KiB"
     );
-    let mut config = DaemonConfig::new(args.socket.unwrap_or_else(store_client::default_socket_path), args.capacity.as_u64());
+    let mut config =
+        DaemonConfig::new(args.socket.unwrap_or_else(store_client::default_socket_path), args.capacity.as_u64());
     config.allow_uids.extend(args.allow_uids);
     config.allow_gids = args.allow_gids;
     config.chunk_size = chunk_size;

@@ -173,11 +173,7 @@ impl Store {
         self.check_room(size)?;
         let mut evicted = Vec::new();
         while self.capacity - self.used < size {
-            let victim = self
-                .lru
-                .values()
-                .copied()
-                .find(|id| self.objects.get(id).is_some_and(Self::is_evictable));
+            let victim = self.lru.values().copied().find(|id| self.objects.get(id).is_some_and(Self::is_evictable));
             let Some(id) = victim else { break };
             if let Some(obj) = self.remove(id) {
                 self.evictions += 1;
@@ -283,7 +279,12 @@ impl Store {
     }
 
     /// Completes a seal started with [`Store::begin_seal`].
-    pub fn finish_seal(&mut self, id: ObjectId, manifest: Manifest, mapping: ReadOnlyMapping) -> Result<ObjectInfo, StoreError> {
+    pub fn finish_seal(
+        &mut self,
+        id: ObjectId,
+        manifest: Manifest,
+        mapping: ReadOnlyMapping,
+    ) -> Result<ObjectInfo, StoreError> {
         let obj = self.objects.get_mut(&id).ok_or(StoreError::UnknownPending(id))?;
         obj.phase = Phase::Sealed { manifest: Arc::new(manifest), mapping: Arc::new(mapping) };
         self.touch(id);
@@ -325,7 +326,13 @@ impl Store {
         }
         let size = manifest.size;
         let evicted = self.make_room(size)?;
-        let id = self.insert(name, size, evictable, segment, Phase::Sealed { manifest: Arc::new(manifest), mapping: Arc::new(mapping) });
+        let id = self.insert(
+            name,
+            size,
+            evictable,
+            segment,
+            Phase::Sealed { manifest: Arc::new(manifest), mapping: Arc::new(mapping) },
+        );
         let info = self.info(id).ok_or_else(|| StoreError::NotFound(name.to_owned()))?;
         Ok((Adopted::New(info), evicted))
     }
@@ -398,10 +405,7 @@ impl Store {
     }
 
     pub fn stat(&self, name: &str) -> Result<ObjectInfo, StoreError> {
-        self.names
-            .get(name)
-            .and_then(|&id| self.info(id))
-            .ok_or_else(|| StoreError::NotFound(name.to_owned()))
+        self.names.get(name).and_then(|&id| self.info(id)).ok_or_else(|| StoreError::NotFound(name.to_owned()))
     }
 
     /// The daemon's own mapping of a sealed object, to serve its bytes.
@@ -450,7 +454,13 @@ mod tests {
     }
 
     impl Store {
-        fn adopt_t(&mut self, name: &str, evictable: bool, fd: OwnedFd, m: Manifest) -> Result<(Adopted, Vec<String>), StoreError> {
+        fn adopt_t(
+            &mut self,
+            name: &str,
+            evictable: bool,
+            fd: OwnedFd,
+            m: Manifest,
+        ) -> Result<(Adopted, Vec<String>), StoreError> {
             self.adopt(name, evictable, fd, m, ReadOnlyMapping::empty())
         }
     }
@@ -501,7 +511,10 @@ mod tests {
         assert!(matches!(err, StoreError::StoreFull { size: 150, free: 0, evictable: 100, capacity: 300 }));
         // A failed put evicts nothing.
         assert!(s.stat("new").is_ok());
-        assert_eq!(s.adopt_t("huge", true, fd(), manifest(301, 9)).unwrap_err(), StoreError::TooLarge { size: 301, capacity: 300 });
+        assert_eq!(
+            s.adopt_t("huge", true, fd(), manifest(301, 9)).unwrap_err(),
+            StoreError::TooLarge { size: 301, capacity: 300 }
+        );
     }
 
     #[test]
@@ -554,7 +567,9 @@ mod tests {
             let size = (x >> 40) % 300;
             match (x >> 20) % 4 {
                 0 => {
-                    if let Ok((Adopted::New(_), evicted)) = s.adopt(&name, true, fd(), manifest(size, 1), ReadOnlyMapping::empty()) {
+                    if let Ok((Adopted::New(_), evicted)) =
+                        s.adopt(&name, true, fd(), manifest(size, 1), ReadOnlyMapping::empty())
+                    {
                         for e in evicted {
                             assert_eq!(model.get(&e).map(|m| m.1), Some(0), "evicted a leased object");
                             model.remove(&e);
@@ -571,10 +586,10 @@ mod tests {
                 2 => {
                     if let Some((n, id)) = leases.pop() {
                         s.release(id);
-                        if let Some(m) = model.get_mut(&n) {
-                            if s.info(id).is_some_and(|i| i.state == ObjectState::Sealed) {
-                                m.1 -= 1;
-                            }
+                        if let Some(m) = model.get_mut(&n)
+                            && s.info(id).is_some_and(|i| i.state == ObjectState::Sealed)
+                        {
+                            m.1 -= 1;
                         }
                     }
                 }

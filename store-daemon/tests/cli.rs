@@ -17,11 +17,7 @@ fn rejects_a_malformed_capacity() {
 #[test]
 fn rejects_a_chunk_size_that_is_not_a_power_of_two() {
     let dir = tempfile::tempdir().unwrap();
-    let out = daemon()
-        .args(["--chunk-size", "3MiB", "--socket"])
-        .arg(dir.path().join("s.sock"))
-        .output()
-        .unwrap();
+    let out = daemon().args(["--chunk-size", "3MiB", "--socket"]).arg(dir.path().join("s.sock")).output().unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("power of two"));
 }

@@ -1,6 +1,8 @@
 //! Test harness and benches of the workspace: starts real daemons as processes (the binary
 //! built by cargo next to the test executable) and cleans them up even when a test fails.
 
+pub mod demo;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -109,5 +111,65 @@ impl Drop for DaemonProcess {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// A daemon running inside this process on its own runtime: the embedded local setup of
+/// the demo. Stops on drop.
+#[derive(Debug)]
+pub struct EmbeddedDaemon {
+    socket: PathBuf,
+    shutdown: tokio_util::sync::CancellationToken,
+    thread: Option<std::thread::JoinHandle<()>>,
+    _dir: tempfile::TempDir,
+}
+
+impl EmbeddedDaemon {
+    pub fn start(capacity: u64) -> anyhow::Result<Self> {
+        let dir = tempfile::Builder::new().prefix("store-embedded").tempdir()?;
+        let socket = dir.path().join("store.sock");
+        let config = store_daemon::DaemonConfig::new(socket.clone(), capacity);
+        let shutdown = tokio_util::sync::CancellationToken::new();
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let token = shutdown.clone();
+        let thread = std::thread::Builder::new().name("store-daemon".into()).spawn(move || {
+            let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+                Ok(rt) => rt,
+                Err(e) => {
+                    let _ = ready_tx.send(Err(anyhow::Error::from(e)));
+                    return;
+                }
+            };
+            runtime.block_on(async move {
+                match store_daemon::Daemon::bind(config) {
+                    Ok(daemon) => {
+                        let _ = ready_tx.send(Ok(()));
+                        daemon.run(token).await;
+                    }
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(e.into()));
+                    }
+                }
+            });
+        })?;
+        ready_rx.recv().context("embedded daemon thread died")??;
+        Ok(Self { socket, shutdown, thread: Some(thread), _dir: dir })
+    }
+
+    pub fn socket(&self) -> &Path {
+        &self.socket
+    }
+
+    pub fn client(&self) -> anyhow::Result<StoreClient> {
+        Ok(StoreClient::connect(&self.socket)?)
+    }
+}
+
+impl Drop for EmbeddedDaemon {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
     }
 }

@@ -87,7 +87,9 @@ fn main() -> anyhow::Result<()> {
             } else {
                 let name = match name {
                     Some(n) => n,
-                    None => file.file_name().context("FILE has no file name; pass --name")?.to_string_lossy().into_owned(),
+                    None => {
+                        file.file_name().context("FILE has no file name; pass --name")?.to_string_lossy().into_owned()
+                    }
                 };
                 let size = std::fs::metadata(&file).with_context(|| format!("cannot read {}", file.display()))?.len();
                 let spinner = ctl::spinner(size, &format!("copying {name} in the kernel"));
@@ -101,7 +103,14 @@ fn main() -> anyhow::Result<()> {
                 v["seconds"] = secs.into();
                 println!("{v}");
             } else {
-                println!("{} {} sealed in {:.3} s ({:.2} GB/s), blake3 {}", info.name, bytesize::ByteSize(info.size), secs, info.size as f64 / secs / 1e9, info.digest.map(|d| d.to_hex()).unwrap_or_default());
+                println!(
+                    "{} {} sealed in {:.3} s ({:.2} GB/s), blake3 {}",
+                    info.name,
+                    bytesize::ByteSize(info.size),
+                    secs,
+                    info.size as f64 / secs / 1e9,
+                    info.digest.map(|d| d.to_hex()).unwrap_or_default()
+                );
             }
         }
         Command::Get { name, output, timeout } => {
@@ -111,7 +120,8 @@ fn main() -> anyhow::Result<()> {
             if output.as_os_str() == "-" {
                 ctl::write_with_progress(&guard, &mut std::io::stdout().lock(), &bar)?;
             } else {
-                let mut file = std::fs::File::create(&output).with_context(|| format!("cannot create {}", output.display()))?;
+                let mut file =
+                    std::fs::File::create(&output).with_context(|| format!("cannot create {}", output.display()))?;
                 ctl::write_with_progress(&guard, &mut file, &bar)?;
                 if cli.json {
                     println!("{}", ctl::object_json(guard.info()));
