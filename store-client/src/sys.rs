@@ -92,7 +92,8 @@ impl ReadOnlyMapping {
         Self(None)
     }
 
-    /// Maps `len` bytes of `fd`, which must carry [`IMMUTABLE_SEALS`].
+    /// Maps `len` bytes of `fd`, which must carry [`IMMUTABLE_SEALS`]. Pages are mapped
+    /// lazily, so this costs the same for any size.
     pub fn new(fd: BorrowedFd<'_>, len: u64) -> io::Result<Self> {
         if !is_sealed(fd) {
             return Err(io::Error::new(io::ErrorKind::InvalidData, "object is not sealed"));

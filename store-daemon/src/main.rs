@@ -48,6 +48,8 @@ fn main() -> anyhow::Result<()> {
     config.allow_gids = args.allow_gids;
     config.chunk_size = chunk_size;
 
+    let fd_limit = store_daemon::server::raise_fd_limit();
+    tracing::info!(fd_limit, "open-file limit (one descriptor per object)");
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(async move {
         let daemon = Daemon::bind(config)?;

@@ -144,6 +144,23 @@ async fn accept_one(shared: Arc<Shared>, stream: UnixStream, shutdown: Cancellat
     debug!(conn_id, "client disconnected");
 }
 
+/// Raises the soft open-file limit to the hard one: every object is a descriptor, so the
+/// usual soft limit of 1024 would cap the store at about a thousand objects.
+pub fn raise_fd_limit() -> u64 {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok((soft, hard)) if soft < hard => match setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+            Ok(()) => hard,
+            Err(e) => {
+                warn!(error = %e, soft, hard, "cannot raise the open-file limit");
+                soft
+            }
+        },
+        Ok((soft, _)) => soft,
+        Err(_) => 0,
+    }
+}
+
 /// Cancels `shutdown` on SIGTERM or SIGINT.
 pub async fn cancel_on_signals(shutdown: CancellationToken) {
     use tokio::signal::unix::{SignalKind, signal};
