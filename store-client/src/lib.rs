@@ -7,13 +7,17 @@
 //! `storectl` and its microbenchmark ([`bench`]) are thin layers over the client.
 
 pub mod bench;
+pub mod chunkset;
 pub mod client;
+pub mod cluster;
 pub mod ctl;
 pub mod frame;
 pub mod manifest;
 pub mod name;
 pub mod protocol;
+pub mod rpc;
 pub mod sys;
+pub mod tls;
 
 pub use client::{ClientError, ObjectGuard, StoreClient, WritableObject};
 pub use manifest::{Digest, Manifest};

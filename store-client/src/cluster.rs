@@ -1,0 +1,164 @@
+//! Wire types of the cluster: daemon <-> scheduler and daemon <-> daemon messages, carried
+//! over QUIC streams as length-prefixed postcard frames ([`crate::frame`]).
+//!
+//! Every request opens its own bidirectional stream and gets one response frame on it. A
+//! chunk response is followed on the same stream by the chunk's raw bytes.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+
+use serde::{Deserialize, Serialize};
+
+use crate::chunkset::ChunkSet;
+use crate::manifest::{Digest, Manifest};
+
+/// ALPN of daemon <-> daemon connections.
+pub const PEER_ALPN: &[u8] = b"store-peer/1";
+/// ALPN of daemon <-> scheduler connections.
+pub const SCHEDULER_ALPN: &[u8] = b"store-sched/1";
+
+/// A node's name; also the DNS name in its certificate.
+pub type NodeId = String;
+
+/// What a node tells the scheduler about itself.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeInfo {
+    pub id: NodeId,
+    /// Its QUIC address, reachable by the other nodes.
+    pub addr: SocketAddr,
+    pub labels: BTreeMap<String, String>,
+    pub capacity: u64,
+    pub free: u64,
+}
+
+/// One object a node holds, in whole or in part.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Holding {
+    pub name: String,
+    pub size: u64,
+    pub chunk_size: u64,
+    pub root: Digest,
+    /// The chunks held; complete for a sealed object.
+    pub chunks: ChunkSet,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SchedulerRequest {
+    /// First message of a (re)connecting daemon: its identity and everything it holds.
+    Register {
+        node: NodeInfo,
+        holdings: Vec<Holding>,
+    },
+    /// Renews the node's lease.
+    Heartbeat {
+        node: NodeId,
+        free: u64,
+    },
+    /// The node now holds (part of) an object; replaces what was known of it.
+    Announce {
+        node: NodeId,
+        holding: Holding,
+    },
+    /// The node no longer holds the object.
+    Withdraw {
+        node: NodeId,
+        name: String,
+    },
+    /// Where an object is.
+    Locate {
+        name: String,
+    },
+    /// Waits until an object exists on some node (complete), or the timeout.
+    Wait {
+        name: String,
+        timeout_ms: u64,
+    },
+    Nodes,
+}
+
+/// A holder of an object, as `locate` reports it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Location {
+    pub node: NodeId,
+    pub addr: SocketAddr,
+    pub size: u64,
+    pub chunk_size: u64,
+    pub root: Digest,
+    pub chunks: ChunkSet,
+}
+
+impl Location {
+    pub fn is_complete(&self) -> bool {
+        self.chunks.is_complete()
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeStatus {
+    pub info: NodeInfo,
+    /// Milliseconds since the node's last heartbeat.
+    pub last_seen_ms: u64,
+    pub objects: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SchedulerResponse {
+    Ok,
+    /// The scheduler does not know this node (it restarted, or the lease expired):
+    /// register again with everything you hold.
+    UnknownNode,
+    Located(Vec<Location>),
+    Nodes(Vec<NodeStatus>),
+    Error {
+        message: String,
+    },
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PeerRequest {
+    /// The object's manifest and which chunks the peer holds.
+    Manifest { name: String },
+    /// One chunk; the response header is followed by its bytes.
+    Chunk { name: String, index: u64 },
+    /// Which chunks the peer holds now.
+    Have { name: String },
+    /// Asks the peer to fetch the object into its own store; answered when done.
+    Pull { name: String, timeout_ms: u64 },
+}
+
+/// What a peer reports of a finished pull.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PullReport {
+    pub node: NodeId,
+    pub name: String,
+    pub bytes: u64,
+    pub seconds: f64,
+    /// Bytes received from each source node.
+    pub from: BTreeMap<NodeId, u64>,
+    /// True if the object was already there.
+    pub already_present: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum PeerResponse {
+    Manifest {
+        manifest: Manifest,
+        held: ChunkSet,
+        uploads: u32,
+    },
+    /// Followed by `len` raw bytes on the stream.
+    Chunk {
+        len: u64,
+        uploads: u32,
+    },
+    Have {
+        held: ChunkSet,
+        uploads: u32,
+    },
+    Pulled(PullReport),
+    /// The peer does not hold the object or chunk (any more).
+    NotHeld,
+    Error {
+        message: String,
+    },
+}
