@@ -22,6 +22,23 @@ impl ChunkSet {
         s
     }
 
+    /// The set of `len` chunks holding exactly `items` (out-of-range items are ignored).
+    pub fn from_iter_len(len: u64, items: impl IntoIterator<Item = u64>) -> Self {
+        let mut s = Self::empty(len);
+        for i in items {
+            s.insert(i);
+        }
+        s
+    }
+
+    pub fn remove(&mut self, index: u64) -> bool {
+        if !self.contains(index) {
+            return false;
+        }
+        self.words[(index / 64) as usize] &= !(1 << (index % 64));
+        true
+    }
+
     pub fn len(&self) -> u64 {
         self.len
     }

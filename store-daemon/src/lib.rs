@@ -8,6 +8,7 @@
 pub mod config;
 pub mod connection;
 pub mod ingest;
+pub mod replication;
 pub mod server;
 pub mod store;
 
