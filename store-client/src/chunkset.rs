@@ -76,7 +76,7 @@ impl ChunkSet {
     /// Whether the set is well formed (decoded input may not be).
     pub fn is_valid(&self) -> bool {
         self.words.len() as u64 == self.len.div_ceil(64)
-            && (self.len % 64 == 0 || self.words.last().is_none_or(|w| w >> (self.len % 64) == 0))
+            && (self.len.is_multiple_of(64) || self.words.last().is_none_or(|w| w >> (self.len % 64) == 0))
     }
 }
 
