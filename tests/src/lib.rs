@@ -2,6 +2,7 @@
 //! built by cargo next to the test executable) and cleans them up even when a test fails.
 
 pub mod demo;
+pub mod netns;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};

@@ -1,0 +1,888 @@
+//! Multi-host harness: emulated hosts as network namespaces on this machine.
+//!
+//! A [`NetnsCluster`] is N hosts joined by one Ethernet switch, every host's link optionally
+//! rate-shaped. Tests start daemons inside the hosts with [`Host::command`] (a
+//! [`std::process::Command`] that runs under `ip netns exec`), preferably through
+//! [`NsChild::spawn`], which kills the process when the guard drops. Everything is created
+//! by the test and removed again on drop, also when the test panics. Root and iproute2
+//! (`ip`, `tc`) are required: start a test with [`requires_root`], which prints a visible
+//! `SKIPPED` line and returns `false` where they are missing.
+//!
+//! # Topology and naming
+//!
+//! ```text
+//!  netns <name>-h0             netns <name>-sw (the "switch")            netns <name>-h1
+//!  eth0 198.18.X.10/24 ==veth== h0 --+                  +-- h1 ==veth== eth0 198.18.X.11/24
+//!  (tbf: host -> switch)             +--- br0 (bridge) -+   (tbf on h1: switch -> host)
+//! ```
+//!
+//! - The cluster name is `<prefix>-<pid>-<seq>` ([`DEFAULT_PREFIX`] is `storetest`; pid of
+//!   the creating process; seq counts clusters within that process). Host `i` is the
+//!   namespace `<name>-h<i>`, the switch is `<name>-sw`. Inside a host the interface is
+//!   `eth0`; in the switch, the bridge is `br0` and host `i`'s port is `h<i>`.
+//! - The bridge lives in its own switch namespace, not in the root namespace: the harness
+//!   creates no interface, address, route or sysctl in the root namespace, so it cannot
+//!   disturb the machine's own networking or firewall (bridged traffic never meets the root
+//!   namespace's iptables/br_netfilter rules), interface names never collide between
+//!   parallel clusters (each switch has its own `br0`, `h0`, ...), and no packet of a
+//!   cluster can leave it: the switch has no uplink and no address.
+//! - Addresses: every cluster takes its own /24 from the benchmarking range 198.18.0.0/15
+//!   (512 subnets: 198.18.0.0/24 ... 198.19.255.0/24); host `i` is `.(10 + i)`, so at most
+//!   245 hosts. The subnet is claimed with an `flock` on `/run/store-tests-netns/subnet-<n>.lock`
+//!   (released automatically when the process dies), starting at an index derived from the
+//!   pid and seq, so concurrent test processes get distinct subnets. Since the switches are
+//!   isolated, even equal subnets would not interfere; distinct ones just keep captures and
+//!   logs unambiguous. Hosts have only the connected /24 route: no default route, so nothing
+//!   outside the cluster is reachable (`connect` fails with `ENETUNREACH` without sending).
+//!   IPv6 link-local addresses are not generated (`addrgenmode none`), so the bridge carries
+//!   no IPv6 chatter.
+//!
+//! # Shaping
+//!
+//! With `rate_mbit: Some(R)`, both directions of the host's link are shaped with a token
+//! bucket: egress of `eth0` inside the host (host -> switch) and egress of the switch port
+//! `h<i>` (switch -> host), each `tc qdisc replace dev X root tbf rate Rmbit burst B limit Q`
+//! ([`TbfParams::for_link`]):
+//!
+//! - `B = max(R/8 bytes/s * 2 ms, 2 * (MTU + 14))`: two milliseconds of the rate, at least two
+//!   full frames. Smaller buckets starve fast links (at 1 Gbit/s a 3000 B bucket gave 779
+//!   Mbit/s, 64 KiB gave 929) and make tbf split every 64 KiB GSO super-packet; larger ones
+//!   inflate short measurements at slow rates (the first B bytes go at wire speed: 256 KiB at
+//!   10 Mbit/s added 0.7 Mbit/s to a 3 s run).
+//! - `Q = B + max(R/8 bytes/s * 20 ms, 256 KiB)`: the queue (tbf's `limit`), 20 ms of the rate
+//!   but room for at least four GSO super-packets. With `latency 5ms` TCP saw thousands of
+//!   retransmissions; with 20 ms of queue but no floor, 10 Mbit/s at MTU 9000 reached only
+//!   8.5 Mbit/s.
+//!
+//! tbf counts Ethernet frames (IP packet + 14 bytes), so TCP goodput (what iperf3 reports) is
+//! `R * (MTU - 52) / (MTU + 14)` with timestamps: 95.6 % of R at MTU 1500, 99.3 % at MTU 9000.
+//! Measured on this machine (2 cores, iperf3 3.12, one TCP stream, 3 s), these parameters gave
+//! 9.6 / 47.8 / 191.4 / 955 Mbit/s at 10 / 50 / 200 / 1000 Mbit/s and MTU 1500, and
+//! 9.9 / 49.6 / 198.6 / 993 Mbit/s at MTU 9000, each with 0-1 retransmissions; an unshaped
+//! veth pair through the bridge carried ~22 Gbit/s (CPU-bound).
+//!
+//! Links of one cluster may have different rates ([`NetnsCluster::with_links`], e.g. a fast
+//! S3 host). Their MTUs should match: like a real switch, the bridge drops frames larger than
+//! the egress port's MTU without telling anyone (TCP negotiates its MSS and is fine; UDP and
+//! QUIC need path-MTU discovery).
+//!
+//! # Processes and teardown
+//!
+//! A namespace lives as long as a process is inside it, so callers should stop what they
+//! spawned before the cluster drops: [`NsChild`] (kill on drop) does it when it is declared
+//! after the cluster (locals drop in reverse order). As a fallback, teardown SIGKILLs every
+//! process still inside the cluster's namespaces (`ip netns pids`), then deletes the veth
+//! pairs and the bridge explicitly (namespace destruction is asynchronous in the kernel) and
+//! finally the namespaces. [`NetnsCluster::teardown`] does this and reports errors; `Drop`
+//! does it when the test did not, printing errors to stderr. Leftovers of crashed runs
+//! (namespaces `<prefix>-<pid>-...` whose pid is gone) are removed by [`cleanup_stale`],
+//! which every new cluster runs for its prefix first.
+
+use std::collections::HashSet;
+use std::ffi::OsStr;
+use std::fs::{File, OpenOptions};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::Ipv4Addr;
+use std::ops::{Deref, DerefMut};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Mutex, mpsc};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use nix::errno::Errno;
+use nix::fcntl::{Flock, FlockArg};
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+
+/// Prefix of the namespaces created by [`NetnsCluster::new`] and [`NetnsCluster::with_links`].
+pub const DEFAULT_PREFIX: &str = "storetest";
+/// The benchmarking range (RFC 2544): 198.18.0.0/15, the only addresses the harness uses.
+pub const BENCH_NET: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 0);
+/// Number of /24 subnets in [`BENCH_NET`].
+pub const SUBNETS: u32 = 512;
+/// Last octet of host 0's address; host `i` is `.(HOST_OFFSET + i)`.
+pub const HOST_OFFSET: u32 = 10;
+/// Most hosts one cluster can have (addresses `.10` to `.254`).
+pub const MAX_HOSTS: usize = (255 - HOST_OFFSET) as usize;
+/// The host's interface name inside its namespace.
+pub const HOST_IF: &str = "eth0";
+/// The bridge's name inside the switch namespace.
+pub const BRIDGE: &str = "br0";
+
+const LOCK_DIR: &str = "/run/store-tests-netns";
+/// Time limit of one `ip`/`tc` invocation.
+const CMD_TIMEOUT: Duration = Duration::from_secs(20);
+/// How long teardown waits for killed processes to leave a namespace.
+const KILL_WAIT: Duration = Duration::from_secs(5);
+
+/// Clusters of this process, by name, that are alive: [`cleanup_stale`] must not take a
+/// cluster of this very process for the leftover of a crashed run that had the same pid.
+static LIVE: Mutex<Option<HashSet<String>>> = Mutex::new(None);
+static SEQ: AtomicU32 = AtomicU32::new(0);
+
+fn live_set<R>(f: impl FnOnce(&mut HashSet<String>) -> R) -> R {
+    let mut guard = LIVE.lock().unwrap_or_else(|e| e.into_inner());
+    f(guard.get_or_insert_with(HashSet::new))
+}
+
+// ---------------------------------------------------------------------------------------
+// Link parameters
+// ---------------------------------------------------------------------------------------
+
+/// One host's link to the switch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LinkSpec {
+    /// Rate of each direction in Mbit/s (10^6 bit/s); `None` leaves the link unshaped.
+    pub rate_mbit: Option<u32>,
+    /// MTU of the veth pair (both ends) and of the bridge.
+    pub mtu: u32,
+}
+
+impl LinkSpec {
+    /// A link shaped to `rate_mbit` in each direction.
+    pub const fn shaped(rate_mbit: u32, mtu: u32) -> Self {
+        Self { rate_mbit: Some(rate_mbit), mtu }
+    }
+
+    /// A link as fast as the machine can move packets.
+    pub const fn unshaped(mtu: u32) -> Self {
+        Self { rate_mbit: None, mtu }
+    }
+
+    /// The token bucket used for this link, if shaped.
+    pub fn tbf(&self) -> Option<TbfParams> {
+        self.rate_mbit.map(|rate| TbfParams::for_link(rate, self.mtu))
+    }
+
+    fn validate(&self) -> anyhow::Result<()> {
+        if !(68..=65535).contains(&self.mtu) {
+            bail!("MTU {} out of range 68..=65535", self.mtu);
+        }
+        if self.rate_mbit == Some(0) {
+            bail!("rate 0 Mbit/s: use None for an unshaped link");
+        }
+        Ok(())
+    }
+}
+
+impl Default for LinkSpec {
+    /// Unshaped, MTU 1500.
+    fn default() -> Self {
+        Self::unshaped(1500)
+    }
+}
+
+/// Parameters of one `tbf` qdisc (see the module documentation for the formula).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TbfParams {
+    pub rate_mbit: u32,
+    /// Bucket size in bytes.
+    pub burst_bytes: u64,
+    /// Queue size in bytes (bucket included).
+    pub limit_bytes: u64,
+}
+
+impl TbfParams {
+    /// `burst = max(rate * 2 ms, 2 frames)`, `limit = burst + max(rate * 20 ms, 256 KiB)`.
+    pub fn for_link(rate_mbit: u32, mtu: u32) -> Self {
+        let bytes_per_sec = u64::from(rate_mbit) * 1_000_000 / 8;
+        let frame = u64::from(mtu) + 14;
+        let burst_bytes = (bytes_per_sec / 500).max(2 * frame);
+        let limit_bytes = burst_bytes + (bytes_per_sec / 50).max(256 * 1024);
+        Self { rate_mbit, burst_bytes, limit_bytes }
+    }
+
+    /// The arguments after `tc [-n NS]`: `qdisc replace dev DEV root tbf ...`.
+    pub fn tc_args(&self, dev: &str) -> Vec<String> {
+        [
+            "qdisc",
+            "replace",
+            "dev",
+            dev,
+            "root",
+            "tbf",
+            "rate",
+            &format!("{}mbit", self.rate_mbit),
+            "burst",
+            &self.burst_bytes.to_string(),
+            "limit",
+            &self.limit_bytes.to_string(),
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Running commands
+// ---------------------------------------------------------------------------------------
+
+/// The command line of `cmd`, for error messages.
+pub fn describe(cmd: &Command) -> String {
+    let mut s = cmd.get_program().to_string_lossy().into_owned();
+    for arg in cmd.get_args() {
+        s.push(' ');
+        s.push_str(&arg.to_string_lossy());
+    }
+    s
+}
+
+fn spawn_reader<R: Read + Send + 'static>(pipe: Option<R>) -> mpsc::Receiver<Vec<u8>> {
+    let (tx, rx) = mpsc::channel();
+    if let Some(mut pipe) = pipe {
+        std::thread::spawn(move || {
+            let mut buf = Vec::new();
+            let _ = pipe.read_to_end(&mut buf);
+            let _ = tx.send(buf);
+        });
+    } else {
+        let _ = tx.send(Vec::new());
+    }
+    rx
+}
+
+/// Runs `cmd` to completion (stdin null, output captured) within `timeout`, killing it when
+/// it takes longer. Fails, naming the command and quoting its stderr (or stdout when stderr
+/// is empty), when it cannot start, times out or exits unsuccessfully.
+///
+/// Do not use it for programs that daemonize: a grandchild holding the output pipes makes
+/// this wait until `timeout`.
+pub fn run_checked(cmd: &mut Command, timeout: Duration) -> anyhow::Result<Output> {
+    let desc = describe(cmd);
+    let output = run_output(cmd, timeout)?;
+    if !output.status.success() {
+        bail!("`{desc}` failed ({}): {}", output.status, output_text(&output));
+    }
+    Ok(output)
+}
+
+/// Like [`run_checked`] but returns the output whatever the exit status.
+pub fn run_output(cmd: &mut Command, timeout: Duration) -> anyhow::Result<Output> {
+    let desc = describe(cmd);
+    cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    let mut child = cmd.spawn().with_context(|| format!("cannot start `{desc}`"))?;
+    let out_rx = spawn_reader(child.stdout.take());
+    let err_rx = spawn_reader(child.stderr.take());
+    let deadline = Instant::now() + timeout;
+    let mut pause = Duration::from_micros(200);
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(status)) => break status,
+            Ok(None) => {}
+            Err(e) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(e).with_context(|| format!("waiting for `{desc}`"));
+            }
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            let stderr = err_rx.recv_timeout(Duration::from_millis(200)).unwrap_or_default();
+            bail!("`{desc}` did not finish within {timeout:?}; stderr: {}", String::from_utf8_lossy(&stderr).trim());
+        }
+        std::thread::sleep(pause);
+        pause = (pause * 2).min(Duration::from_millis(20));
+    };
+    let remaining = deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(500));
+    let stdout =
+        out_rx.recv_timeout(remaining).with_context(|| format!("`{desc}` exited but its stdout stayed open"))?;
+    let stderr =
+        err_rx.recv_timeout(remaining).with_context(|| format!("`{desc}` exited but its stderr stayed open"))?;
+    Ok(Output { status, stdout, stderr })
+}
+
+fn output_text(output: &Output) -> String {
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let stderr = stderr.trim();
+    if !stderr.is_empty() {
+        return stderr.to_string();
+    }
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stdout = stdout.trim();
+    if stdout.is_empty() {
+        "(no output)".to_string()
+    } else {
+        format!("(stderr empty) stdout: {}", stdout.chars().take(2000).collect::<String>())
+    }
+}
+
+/// Runs `program args...` (an `ip` or `tc` call) and returns its stdout.
+fn sh(program: &str, args: &[&str]) -> anyhow::Result<String> {
+    let output = run_checked(Command::new(program).args(args), CMD_TIMEOUT)?;
+    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+}
+
+fn find_on_path(program: &str) -> bool {
+    let Some(path) = std::env::var_os("PATH") else { return false };
+    std::env::split_paths(&path).chain(["/usr/sbin".into(), "/sbin".into()]).any(|dir| dir.join(program).is_file())
+}
+
+/// Whether multi-host tests can run here: root and iproute2's `ip` and `tc`. When not, prints
+/// a `SKIPPED` line straight to stderr (past the test harness's output capture, so the skip
+/// shows in every run) and returns `false`; the test should then return early.
+#[track_caller]
+pub fn requires_root() -> bool {
+    let mut missing = Vec::new();
+    if !nix::unistd::geteuid().is_root() {
+        missing.push("root (euid 0)".to_string());
+    }
+    for tool in ["ip", "tc"] {
+        if !find_on_path(tool) {
+            missing.push(format!("`{tool}` (Debian package iproute2)"));
+        }
+    }
+    if missing.is_empty() {
+        return true;
+    }
+    let thread = std::thread::current();
+    let test = thread.name().unwrap_or("?");
+    let location = std::panic::Location::caller();
+    let _ = writeln!(std::io::stderr(), "SKIPPED {test} ({location}): multi-host test needs {}", missing.join(", "));
+    false
+}
+
+// ---------------------------------------------------------------------------------------
+// Processes inside hosts
+// ---------------------------------------------------------------------------------------
+
+/// A child process that is killed (SIGKILL) and reaped when the guard drops. Derefs to
+/// [`Child`] for its pid, pipes and `wait`.
+#[derive(Debug)]
+pub struct NsChild {
+    child: Child,
+    desc: String,
+}
+
+impl NsChild {
+    /// Spawns `cmd` (typically from [`Host::command`]); errors name the command.
+    pub fn spawn(cmd: &mut Command) -> anyhow::Result<Self> {
+        let desc = describe(cmd);
+        let child = cmd.spawn().with_context(|| format!("cannot start `{desc}`"))?;
+        Ok(Self { child, desc })
+    }
+
+    /// The command line it was started with.
+    pub fn description(&self) -> &str {
+        &self.desc
+    }
+
+    /// Sends SIGTERM, waits up to `grace`, then SIGKILLs; returns the exit status.
+    pub fn stop(mut self, grace: Duration) -> anyhow::Result<ExitStatus> {
+        if let Some(status) = self.child.try_wait()? {
+            return Ok(status);
+        }
+        let pid = Pid::from_raw(i32::try_from(self.child.id())?);
+        match kill(pid, Signal::SIGTERM) {
+            Ok(()) | Err(Errno::ESRCH) => {}
+            Err(e) => return Err(e).with_context(|| format!("SIGTERM to `{}`", self.desc)),
+        }
+        let deadline = Instant::now() + grace;
+        while Instant::now() < deadline {
+            if let Some(status) = self.child.try_wait()? {
+                return Ok(status);
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        self.child.kill().with_context(|| format!("SIGKILL to `{}`", self.desc))?;
+        Ok(self.child.wait()?)
+    }
+}
+
+impl Deref for NsChild {
+    type Target = Child;
+    fn deref(&self) -> &Child {
+        &self.child
+    }
+}
+
+impl DerefMut for NsChild {
+    fn deref_mut(&mut self) -> &mut Child {
+        &mut self.child
+    }
+}
+
+impl Drop for NsChild {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+        }
+        let _ = self.child.wait();
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// The cluster
+// ---------------------------------------------------------------------------------------
+
+/// One emulated host: a network namespace with `eth0` on the cluster's switch.
+#[derive(Debug, Clone)]
+pub struct Host {
+    index: usize,
+    ns: String,
+    addr: Ipv4Addr,
+    link: LinkSpec,
+}
+
+impl Host {
+    pub fn index(&self) -> usize {
+        self.index
+    }
+
+    /// The namespace's name (for `ip -n NAME ...`, `ip netns exec NAME ...`).
+    pub fn ns(&self) -> &str {
+        &self.ns
+    }
+
+    /// The host's address on the cluster's /24.
+    pub fn addr(&self) -> Ipv4Addr {
+        self.addr
+    }
+
+    /// The link as currently configured.
+    pub fn link(&self) -> LinkSpec {
+        self.link
+    }
+
+    /// The switch port of this host (interface name inside the switch namespace).
+    pub fn port(&self) -> String {
+        format!("h{}", self.index)
+    }
+
+    /// `ip netns exec <ns> <program>`: add arguments, environment, pipes, then spawn (ideally
+    /// with [`NsChild::spawn`]). `ip netns exec` execs the program in place, so the child's
+    /// pid is the program's.
+    pub fn command(&self, program: impl AsRef<OsStr>) -> Command {
+        let mut cmd = Command::new("ip");
+        cmd.arg("netns").arg("exec").arg(&self.ns).arg(program);
+        cmd
+    }
+
+    /// Runs `program args...` in the host to completion within `timeout`, failing (with the
+    /// command and its stderr) on a non-zero exit.
+    pub fn run(&self, program: &str, args: &[&str], timeout: Duration) -> anyhow::Result<Output> {
+        run_checked(self.command(program).args(args), timeout)
+    }
+}
+
+/// One iperf3 measurement.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct IperfResult {
+    /// Goodput at the receiver, bit/s.
+    pub received_bps: f64,
+    /// TCP retransmissions seen by the sender.
+    pub retransmits: u64,
+}
+
+/// N emulated hosts on one switch; see the module documentation. Removes everything on drop.
+#[derive(Debug)]
+pub struct NetnsCluster {
+    name: String,
+    switch_ns: String,
+    subnet: u32,
+    hosts: Vec<Host>,
+    /// Namespaces created so far, in creation order.
+    created_ns: Vec<String>,
+    /// Switch ports (veth pairs) created so far.
+    created_ports: Vec<String>,
+    bridge_created: bool,
+    subnet_lock: Option<Flock<File>>,
+    torn_down: bool,
+}
+
+impl NetnsCluster {
+    /// `hosts` hosts, all with the same link.
+    pub fn new(hosts: usize, link: LinkSpec) -> anyhow::Result<Self> {
+        Self::with_links(vec![link; hosts])
+    }
+
+    /// One host per entry of `links`, host `i` with `links[i]`.
+    pub fn with_links(links: Vec<LinkSpec>) -> anyhow::Result<Self> {
+        Self::with_prefix(DEFAULT_PREFIX, links)
+    }
+
+    /// Like [`Self::with_links`] with namespaces named `<prefix>-<pid>-<seq>-...`. The prefix
+    /// is ASCII letters, digits and `_`.
+    pub fn with_prefix(prefix: &str, links: Vec<LinkSpec>) -> anyhow::Result<Self> {
+        validate_prefix(prefix)?;
+        if links.is_empty() || links.len() > MAX_HOSTS {
+            bail!("a cluster has 1 to {MAX_HOSTS} hosts, not {}", links.len());
+        }
+        for link in &links {
+            link.validate()?;
+        }
+        if !nix::unistd::geteuid().is_root() {
+            bail!("network namespaces need root (check with netns::requires_root() first)");
+        }
+        if let Err(e) = cleanup_stale(prefix) {
+            let _ = writeln!(std::io::stderr(), "warning: cleaning up stale {prefix} namespaces: {e:#}");
+        }
+
+        let pid = std::process::id();
+        let seq = SEQ.fetch_add(1, Ordering::Relaxed);
+        let name = format!("{prefix}-{pid}-{seq}");
+        live_set(|set| set.insert(name.clone()));
+        let (subnet, subnet_lock) = match claim_subnet(pid, seq) {
+            Ok(claim) => claim,
+            Err(e) => {
+                live_set(|set| set.remove(&name));
+                return Err(e);
+            }
+        };
+        let subnet_base = u32::from(BENCH_NET) + subnet * 256;
+        let hosts = links
+            .iter()
+            .enumerate()
+            .map(|(index, &link)| Host {
+                index,
+                ns: format!("{name}-h{index}"),
+                addr: Ipv4Addr::from(subnet_base + HOST_OFFSET + index as u32),
+                link,
+            })
+            .collect();
+        let mut cluster = Self {
+            switch_ns: format!("{name}-sw"),
+            name,
+            subnet,
+            hosts,
+            created_ns: Vec::new(),
+            created_ports: Vec::new(),
+            bridge_created: false,
+            subnet_lock: Some(subnet_lock),
+            torn_down: false,
+        };
+        // On an error, dropping `cluster` removes what was created so far.
+        cluster.build().with_context(|| format!("creating netns cluster {}", cluster.name))?;
+        Ok(cluster)
+    }
+
+    fn build(&mut self) -> anyhow::Result<()> {
+        let sw = self.switch_ns.clone();
+        sh("ip", &["netns", "add", &sw])?;
+        self.created_ns.push(sw.clone());
+        sh("ip", &["-n", &sw, "link", "add", BRIDGE, "type", "bridge"])?;
+        self.bridge_created = true;
+        for host in self.hosts.clone() {
+            let ns = host.ns.as_str();
+            let port = host.port();
+            let mtu = host.link.mtu.to_string();
+            let cidr = format!("{}/24", host.addr);
+            sh("ip", &["netns", "add", ns])?;
+            self.created_ns.push(ns.to_string());
+            sh("ip", &["-n", ns, "link", "set", "lo", "up"])?;
+            sh(
+                "ip",
+                &[
+                    "-n", &sw, "link", "add", &port, "mtu", &mtu, "type", "veth", "peer", "name", HOST_IF, "mtu", &mtu,
+                    "netns", ns,
+                ],
+            )?;
+            self.created_ports.push(port.clone());
+            sh("ip", &["-n", &sw, "link", "set", &port, "master", BRIDGE, "up"])?;
+            sh("ip", &["-n", ns, "link", "set", HOST_IF, "addrgenmode", "none"])?;
+            sh("ip", &["-n", ns, "addr", "add", &cidr, "dev", HOST_IF])?;
+            sh("ip", &["-n", ns, "link", "set", HOST_IF, "up"])?;
+            if let Some(tbf) = host.link.tbf() {
+                apply_tbf(ns, HOST_IF, &tbf)?;
+                apply_tbf(&sw, &port, &tbf)?;
+            }
+        }
+        let bridge_mtu = self.hosts.iter().map(|h| h.link.mtu).max().unwrap_or(1500).to_string();
+        sh("ip", &["-n", &sw, "link", "set", BRIDGE, "mtu", &bridge_mtu, "up"])?;
+        Ok(())
+    }
+
+    /// The cluster's name, `<prefix>-<pid>-<seq>`; every namespace name starts with it.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The switch namespace (holds the bridge `br0` and the ports `h<i>`).
+    pub fn switch_ns(&self) -> &str {
+        &self.switch_ns
+    }
+
+    /// Network address of the cluster's /24 (prefix length 24).
+    pub fn subnet(&self) -> Ipv4Addr {
+        Ipv4Addr::from(u32::from(BENCH_NET) + self.subnet * 256)
+    }
+
+    /// Host `i`; panics when out of range, like slice indexing.
+    pub fn host(&self, i: usize) -> &Host {
+        match self.hosts.get(i) {
+            Some(host) => host,
+            None => panic!("host {i} of a {}-host cluster", self.hosts.len()),
+        }
+    }
+
+    pub fn hosts(&self) -> &[Host] {
+        &self.hosts
+    }
+
+    pub fn len(&self) -> usize {
+        self.hosts.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.hosts.is_empty()
+    }
+
+    /// Every namespace of the cluster (switch first).
+    pub fn namespaces(&self) -> Vec<String> {
+        std::iter::once(self.switch_ns.clone()).chain(self.hosts.iter().map(|h| h.ns.clone())).collect()
+    }
+
+    /// Changes host `i`'s rate (both directions) while the cluster runs; `None` removes the
+    /// shaping.
+    pub fn set_rate(&mut self, i: usize, rate_mbit: Option<u32>) -> anyhow::Result<()> {
+        let Some(host) = self.hosts.get(i).cloned() else { bail!("no host {i}") };
+        let link = LinkSpec { rate_mbit, mtu: host.link.mtu };
+        link.validate()?;
+        let sw = self.switch_ns.clone();
+        match link.tbf() {
+            Some(tbf) => {
+                apply_tbf(&host.ns, HOST_IF, &tbf)?;
+                apply_tbf(&sw, &host.port(), &tbf)?;
+            }
+            None if host.link.rate_mbit.is_some() => {
+                sh("tc", &["-n", &host.ns, "qdisc", "del", "dev", HOST_IF, "root"])?;
+                sh("tc", &["-n", &sw, "qdisc", "del", "dev", &host.port(), "root"])?;
+            }
+            None => {}
+        }
+        if let Some(h) = self.hosts.get_mut(i) {
+            h.link = link;
+        }
+        Ok(())
+    }
+
+    /// One iperf3 TCP stream from host `from` to host `to` for `seconds` (a server is started
+    /// on `to` for the run, port 5201). Needs the `iperf3` program (Debian package iperf3).
+    pub fn iperf3(&self, from: usize, to: usize, seconds: u32) -> anyhow::Result<IperfResult> {
+        if !find_on_path("iperf3") {
+            bail!("iperf3 not found: apt-get install iperf3");
+        }
+        let (client, server) = (self.host(from), self.host(to));
+        let bind = server.addr().to_string();
+        let mut server_cmd = server.command("iperf3");
+        server_cmd.args(["-s", "-1", "-B", &bind, "-p", "5201", "--forceflush"]);
+        server_cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+        let mut server_child = NsChild::spawn(&mut server_cmd)?;
+        let (tx, rx) = mpsc::channel();
+        if let Some(stdout) = server_child.stdout.take() {
+            std::thread::spawn(move || {
+                for line in BufReader::new(stdout).lines() {
+                    let Ok(line) = line else { break };
+                    let _ = tx.send(line);
+                }
+            });
+        }
+        let ready_deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let left = ready_deadline.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(line) if line.contains("Server listening") => break,
+                Ok(_) => {}
+                Err(_) => {
+                    let status = server_child.try_wait().ok().flatten();
+                    let mut stderr = String::new();
+                    if status.is_some()
+                        && let Some(mut err) = server_child.stderr.take()
+                    {
+                        let _ = err.read_to_string(&mut stderr);
+                    }
+                    bail!(
+                        "`{}` did not report listening within 10 s (exit: {status:?}): {}",
+                        server_child.description(),
+                        stderr.trim()
+                    );
+                }
+            }
+        }
+        let timeout = Duration::from_secs(u64::from(seconds) + 20);
+        let output = run_checked(
+            client.command("iperf3").args(["-c", &bind, "-p", "5201", "-t", &seconds.to_string(), "-J"]),
+            timeout,
+        )?;
+        let report: serde_json::Value =
+            serde_json::from_slice(&output.stdout).context("iperf3 -J printed no JSON report")?;
+        let end = &report["end"];
+        let received_bps = end["sum_received"]["bits_per_second"]
+            .as_f64()
+            .with_context(|| format!("no end.sum_received.bits_per_second in iperf3's report: {report}"))?;
+        let retransmits = end["sum_sent"]["retransmits"].as_u64().unwrap_or(0);
+        let _ = server_child.stop(Duration::from_secs(2));
+        Ok(IperfResult { received_bps, retransmits })
+    }
+
+    /// Removes the cluster now and reports every failure (dropping it does the same but can
+    /// only print failures to stderr).
+    pub fn teardown(mut self) -> anyhow::Result<()> {
+        self.teardown_inner()
+    }
+
+    fn teardown_inner(&mut self) -> anyhow::Result<()> {
+        if self.torn_down {
+            return Ok(());
+        }
+        self.torn_down = true;
+        let mut errors = Vec::new();
+        // 1. Processes still inside: SIGKILL them and wait until they are gone.
+        for ns in &self.created_ns {
+            if let Err(e) = kill_ns_processes(ns) {
+                errors.push(format!("{e:#}"));
+            }
+        }
+        // 2. Veth pairs and bridge, synchronously (namespace destruction is asynchronous).
+        let sw = self.switch_ns.clone();
+        for port in self.created_ports.drain(..).rev() {
+            if let Err(e) = sh("ip", &["-n", &sw, "link", "del", &port]) {
+                errors.push(format!("{e:#}"));
+            }
+        }
+        if std::mem::take(&mut self.bridge_created)
+            && let Err(e) = sh("ip", &["-n", &sw, "link", "del", BRIDGE])
+        {
+            errors.push(format!("{e:#}"));
+        }
+        // 3. The namespaces.
+        for ns in self.created_ns.drain(..).rev() {
+            if let Err(e) = sh("ip", &["netns", "del", &ns]) {
+                errors.push(format!("{e:#}"));
+            }
+        }
+        live_set(|set| set.remove(&self.name));
+        self.subnet_lock = None;
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            bail!("tearing down netns cluster {}: {}", self.name, errors.join("; "))
+        }
+    }
+}
+
+impl Drop for NetnsCluster {
+    fn drop(&mut self) {
+        if let Err(e) = self.teardown_inner() {
+            let _ = writeln!(std::io::stderr(), "warning: {e:#}");
+        }
+    }
+}
+
+fn apply_tbf(ns: &str, dev: &str, tbf: &TbfParams) -> anyhow::Result<()> {
+    let mut args = vec!["-n".to_string(), ns.to_string()];
+    args.extend(tbf.tc_args(dev));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    sh("tc", &args)?;
+    Ok(())
+}
+
+fn validate_prefix(prefix: &str) -> anyhow::Result<()> {
+    if prefix.is_empty() || !prefix.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+        bail!("namespace prefix {prefix:?} must be non-empty ASCII letters, digits or '_'");
+    }
+    Ok(())
+}
+
+/// Claims a free /24 (index into [`BENCH_NET`]) with an exclusive flock.
+fn claim_subnet(pid: u32, seq: u32) -> anyhow::Result<(u32, Flock<File>)> {
+    std::fs::create_dir_all(LOCK_DIR).with_context(|| format!("creating {LOCK_DIR}"))?;
+    let start = pid.wrapping_mul(2_654_435_761).wrapping_add(seq.wrapping_mul(97)) % SUBNETS;
+    for k in 0..SUBNETS {
+        let index = (start + k) % SUBNETS;
+        let path = format!("{LOCK_DIR}/subnet-{index}.lock");
+        let file = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .with_context(|| format!("opening {path}"))?;
+        match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+            Ok(lock) => return Ok((index, lock)),
+            Err((_, Errno::EWOULDBLOCK)) => continue,
+            Err((_, e)) => return Err(e).with_context(|| format!("flock {path}")),
+        }
+    }
+    bail!("all {SUBNETS} subnets of 198.18.0.0/15 are in use by live clusters")
+}
+
+/// SIGKILLs every process inside namespace `ns` and waits until none is left.
+fn kill_ns_processes(ns: &str) -> anyhow::Result<()> {
+    let deadline = Instant::now() + KILL_WAIT;
+    loop {
+        let pids: Vec<i32> =
+            sh("ip", &["netns", "pids", ns])?.split_whitespace().filter_map(|p| p.parse().ok()).collect();
+        if pids.is_empty() {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            bail!("processes {pids:?} still in namespace {ns} {KILL_WAIT:?} after SIGKILL");
+        }
+        for pid in pids {
+            if pid > 0 && pid != std::process::id() as i32 {
+                let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+            }
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn pid_alive(pid: i32) -> bool {
+    pid > 0 && !matches!(kill(Pid::from_raw(pid), None), Err(Errno::ESRCH))
+}
+
+/// Names of all named network namespaces (`ip netns list`).
+pub fn list_namespaces() -> anyhow::Result<Vec<String>> {
+    Ok(sh("ip", &["netns", "list"])?.lines().filter_map(|l| l.split_whitespace().next()).map(str::to_string).collect())
+}
+
+/// Removes leftovers of crashed runs: namespaces `<prefix>-<pid>-<seq>-...` whose creating
+/// process `pid` is gone (or is this process but has no such live cluster). Kills processes
+/// still inside them, deletes their links and the namespaces; returns the namespaces removed.
+pub fn cleanup_stale(prefix: &str) -> anyhow::Result<Vec<String>> {
+    validate_prefix(prefix)?;
+    let me = std::process::id();
+    let mut stale = Vec::new();
+    for ns in list_namespaces()? {
+        let Some(rest) = ns.strip_prefix(prefix).and_then(|r| r.strip_prefix('-')) else { continue };
+        let mut parts = rest.splitn(3, '-');
+        let (Some(pid), Some(seq), Some(_role)) = (parts.next(), parts.next(), parts.next()) else { continue };
+        let (Ok(pid), Ok(_)) = (pid.parse::<u32>(), seq.parse::<u32>()) else { continue };
+        let cluster = format!("{prefix}-{rest}");
+        let cluster = cluster.rsplit_once('-').map_or(cluster.as_str(), |(c, _)| c).to_string();
+        let dead = match i32::try_from(pid) {
+            Ok(p) => !pid_alive(p),
+            Err(_) => true,
+        };
+        let orphan_of_mine = pid == me && !live_set(|set| set.contains(&cluster));
+        if dead || orphan_of_mine {
+            stale.push(ns);
+        }
+    }
+    let mut errors = Vec::new();
+    // Switches first: deleting their ports removes the hosts' ends too.
+    stale.sort_by_key(|ns| !ns.ends_with("-sw"));
+    for ns in &stale {
+        let result = kill_ns_processes(ns).and_then(|()| {
+            if ns.ends_with("-sw") {
+                let links = sh("ip", &["-n", ns, "-o", "link", "show"])?;
+                for link in links.lines().filter_map(|l| l.split(':').nth(1)) {
+                    let link = link.trim().split('@').next().unwrap_or("");
+                    if !link.is_empty() && link != "lo" {
+                        sh("ip", &["-n", ns, "link", "del", link])?;
+                    }
+                }
+            }
+            sh("ip", &["netns", "del", ns]).map(drop)
+        });
+        if let Err(e) = result {
+            errors.push(format!("{e:#}"));
+        }
+    }
+    if !errors.is_empty() {
+        bail!("removing stale namespaces: {}", errors.join("; "));
+    }
+    Ok(stale)
+}
