@@ -1,6 +1,30 @@
-//! The cluster scheduler (not built yet; see the cluster and scheduler issues).
+//! The cluster scheduler (`store-scheduler`).
 //!
-//! It will own the global location table (which node holds which object, which nodes are
-//! alive, as soft state rebuilt from daemon heartbeats) and placement: ranking nodes for a
-//! task by the bytes it still needs there, the bandwidth feeding that node, and its load.
-//! Nothing here yet: the crate exists so the workspace has its final shape.
+//! It hosts the global location table ([`table`]): which nodes are alive and which objects,
+//! in whole or in part, each of them holds. The table is soft state, rebuilt from the
+//! daemons' registrations after a restart, and a pure state machine; [`server`] drives it
+//! over QUIC with mutual TLS. Daemons talk to it with
+//! [`store_client::scheduler_client::SchedulerClient`].
+//!
+//! Placement (ranking nodes for a task by the bytes it still needs there, the bandwidth
+//! feeding that node, and its load) is still to come.
+
+pub mod server;
+pub mod table;
+
+pub use server::{Scheduler, SchedulerConfig, ServerError};
+pub use table::{DEFAULT_LEASE, Effect, Table, TableError};
+
+/// Cancels `shutdown` on SIGTERM or SIGINT.
+pub async fn cancel_on_signals(shutdown: tokio_util::sync::CancellationToken) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+        tracing::warn!("cannot install signal handlers; stop the scheduler with SIGKILL");
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
+        _ = int.recv() => tracing::info!("SIGINT: shutting down"),
+    }
+    shutdown.cancel();
+}

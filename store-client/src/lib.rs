@@ -16,6 +16,7 @@ pub mod manifest;
 pub mod name;
 pub mod protocol;
 pub mod rpc;
+pub mod scheduler_client;
 pub mod sys;
 pub mod tls;
 

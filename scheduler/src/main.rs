@@ -1,0 +1,104 @@
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Parser;
+use scheduler::{Scheduler, SchedulerConfig};
+use store_client::tls::CertPaths;
+use tokio_util::sync::CancellationToken;
+
+/// Cluster scheduler of the object store: the global location table.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Args {
+    /// UDP address to accept QUIC connections on.
+    #[arg(long, env = "STORE_SCHEDULER_LISTEN", default_value = "0.0.0.0:7700")]
+    listen: SocketAddr,
+    /// Directory with `ca.pem`, `NAME.pem` and `NAME.key` (as `storectl certs` writes them).
+    #[arg(long, env = "STORE_TLS_DIR", required_unless_present_all = ["ca", "cert", "key"])]
+    cert_dir: Option<PathBuf>,
+    /// Name of this scheduler's certificate in --cert-dir.
+    #[arg(long, env = "STORE_TLS_NAME", default_value = "scheduler")]
+    name: String,
+    /// CA certificate (overrides --cert-dir).
+    #[arg(long, env = "STORE_TLS_CA")]
+    ca: Option<PathBuf>,
+    /// This scheduler's certificate (overrides --cert-dir).
+    #[arg(long, env = "STORE_TLS_CERT")]
+    cert: Option<PathBuf>,
+    /// This scheduler's private key (overrides --cert-dir).
+    #[arg(long, env = "STORE_TLS_KEY")]
+    key: Option<PathBuf>,
+    /// Milliseconds a node stays registered after its last message.
+    #[arg(long, env = "STORE_SCHEDULER_LEASE_MS", default_value_t = 3000)]
+    lease_ms: u64,
+    /// Accept node messages whatever name the connection's certificate carries.
+    #[arg(long, env = "STORE_SCHEDULER_ANY_NODE_NAME")]
+    any_node_name: bool,
+    /// Log filter, in tracing's EnvFilter syntax.
+    #[arg(long, env = "STORE_LOG", default_value = "info")]
+    log: String,
+}
+
+fn cert_paths(args: &Args) -> anyhow::Result<CertPaths> {
+    let from_dir = args.cert_dir.as_deref().map(|dir| CertPaths::in_dir(dir, &args.name));
+    let pick = |explicit: &Option<PathBuf>, in_dir: Option<PathBuf>, flag: &str| {
+        explicit.clone().or(in_dir).with_context(|| format!("give --{flag} or --cert-dir"))
+    };
+    Ok(CertPaths {
+        ca: pick(&args.ca, from_dir.as_ref().map(|p| p.ca.clone()), "ca")?,
+        cert: pick(&args.cert, from_dir.as_ref().map(|p| p.cert.clone()), "cert")?,
+        key: pick(&args.key, from_dir.as_ref().map(|p| p.key.clone()), "key")?,
+    })
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_new(&args.log).context("bad --log filter")?)
+        .with_writer(std::io::stderr)
+        .with_ansi(false)
+        .init();
+    anyhow::ensure!(args.lease_ms > 0, "--lease-ms must be positive");
+    let mut config = SchedulerConfig::new(args.listen, cert_paths(&args)?);
+    config.lease = Duration::from_millis(args.lease_ms);
+    config.check_node_names = !args.any_node_name;
+
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    runtime.block_on(async move {
+        let scheduler = Scheduler::bind(config)?;
+        let shutdown = CancellationToken::new();
+        tokio::spawn(scheduler::cancel_on_signals(shutdown.clone()));
+        scheduler.run(shutdown).await;
+        anyhow::Ok(())
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::*;
+
+    #[test]
+    fn command_line_is_consistent() {
+        Args::command().debug_assert();
+    }
+
+    #[test]
+    fn explicit_files_override_the_cert_dir() {
+        let args = Args::try_parse_from(["store-scheduler", "--cert-dir", "/certs", "--name", "s1", "--key", "/k"])
+            .expect("valid arguments");
+        let paths = cert_paths(&args).expect("complete paths");
+        assert_eq!(paths.ca, PathBuf::from("/certs/ca.pem"));
+        assert_eq!(paths.cert, PathBuf::from("/certs/s1.pem"));
+        assert_eq!(paths.key, PathBuf::from("/k"));
+        assert!(Args::try_parse_from(["store-scheduler", "--ca", "/ca", "--cert", "/c"]).is_err());
+        let explicit = Args::try_parse_from(["store-scheduler", "--ca", "/ca", "--cert", "/c", "--key", "/k"])
+            .expect("valid arguments");
+        assert_eq!(cert_paths(&explicit).expect("complete paths").cert, PathBuf::from("/c"));
+        assert_eq!(explicit.listen, "0.0.0.0:7700".parse::<SocketAddr>().expect("address"));
+        assert_eq!(explicit.lease_ms, 3000);
+    }
+}

@@ -1,0 +1,352 @@
+//! The scheduler's QUIC server: a thin tokio driver around the [`Table`].
+//!
+//! Every connection is mutual TLS against the cluster CA (a peer without a certificate from
+//! it fails the handshake). Every bidirectional stream carries one [`SchedulerRequest`] frame
+//! and gets one [`SchedulerResponse`] frame. `Wait` holds its stream until a complete copy
+//! exists somewhere or the timeout passes, and is answered `Located` in both cases (without a
+//! complete holder when it timed out). A background task calls [`Table::expire`] when the next
+//! lease passes.
+//!
+//! Requests that speak for a node (register, heartbeat, announce, withdraw) must come over a
+//! connection whose client certificate is valid for that node id (the id is the DNS name in
+//! the node's certificate), unless [`SchedulerConfig::check_node_names`] is off: a node can
+//! only speak for itself.
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use rustls::pki_types::{CertificateDer, ServerName};
+use store_client::cluster::{SCHEDULER_ALPN, SchedulerRequest, SchedulerResponse};
+use store_client::rpc::{self, RpcError};
+use store_client::tls::{self, CertPaths, Identity, TlsError};
+use thiserror::Error;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{debug, info, warn};
+
+use crate::table::{DEFAULT_LEASE, Effect, Table, TableError};
+
+/// Longest a client may take to send its request once it opened a stream.
+const REQUEST_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// Longest a `Wait` may ask for (longer requests are shortened to this).
+const MAX_WAIT: Duration = Duration::from_secs(24 * 3600);
+/// Shortest pause of the expiry task between two runs.
+const MIN_EXPIRY_PAUSE: Duration = Duration::from_millis(10);
+
+#[derive(Clone, Debug)]
+pub struct SchedulerConfig {
+    pub listen: SocketAddr,
+    pub certs: CertPaths,
+    /// How long a node stays registered after its last message.
+    pub lease: Duration,
+    /// Require node-scoped requests to come with a certificate valid for the node id.
+    pub check_node_names: bool,
+}
+
+impl SchedulerConfig {
+    pub fn new(listen: SocketAddr, certs: CertPaths) -> Self {
+        Self { listen, certs, lease: DEFAULT_LEASE, check_node_names: true }
+    }
+}
+
+#[derive(Debug, Error)]
+pub enum ServerError {
+    #[error("cannot load the scheduler's TLS identity: {0}")]
+    Tls(#[from] TlsError),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// State shared by every connection.
+#[derive(Debug)]
+struct Shared {
+    table: Mutex<Table>,
+    /// Bumped whenever an object becomes available, so `Wait`s re-check.
+    available: watch::Sender<u64>,
+    check_node_names: bool,
+}
+
+impl Shared {
+    fn table(&self) -> MutexGuard<'_, Table> {
+        // Table methods leave it consistent at every return; a panic elsewhere while the lock
+        // was held does not poison the data itself.
+        self.table.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn publish(&self, effects: Vec<Effect>) {
+        let mut wake = false;
+        for effect in effects {
+            match effect {
+                Effect::NodeExpired(node) => info!(%node, "node lease expired; dropped with its locations"),
+                Effect::ObjectAvailable(name) => {
+                    debug!(%name, "object available");
+                    wake = true;
+                }
+                Effect::ObjectUnavailable(name) => info!(%name, "no complete copy of the object remains"),
+            }
+        }
+        if wake {
+            self.available.send_modify(|n| *n = n.wrapping_add(1));
+        }
+    }
+
+    /// Answers every request but `Wait`.
+    fn handle(&self, peer: &Peer, req: SchedulerRequest) -> SchedulerResponse {
+        let now = Instant::now();
+        let result = match req {
+            SchedulerRequest::Register { mut node, holdings } => self.check_identity(peer, &node.id).and_then(|()| {
+                if node.addr.ip().is_unspecified() {
+                    // The node listens on every address: reach it where it came from.
+                    node.addr.set_ip(peer.remote.ip().to_canonical());
+                }
+                let (id, addr, count) = (node.id.clone(), node.addr, holdings.len());
+                let mut table = self.table();
+                let replaced = table.node(&id).is_some();
+                let effects = table.register(now, node, holdings).map_err(Refusal::from)?;
+                drop(table);
+                info!(node = %id, %addr, holdings = count, replaced, "node registered");
+                Ok(effects)
+            }),
+            SchedulerRequest::Heartbeat { node, free } => self
+                .check_identity(peer, &node)
+                .and_then(|()| self.table().heartbeat(now, &node, free).map(|()| Vec::new()).map_err(Refusal::from)),
+            SchedulerRequest::Announce { node, holding } => self
+                .check_identity(peer, &node)
+                .and_then(|()| self.table().announce(now, &node, holding).map_err(Refusal::from)),
+            SchedulerRequest::Withdraw { node, name } => self
+                .check_identity(peer, &node)
+                .and_then(|()| self.table().withdraw(now, &node, &name).map_err(Refusal::from)),
+            SchedulerRequest::Locate { name } => return SchedulerResponse::Located(self.table().locate(&name)),
+            SchedulerRequest::Nodes => return SchedulerResponse::Nodes(self.table().nodes(now)),
+            SchedulerRequest::Wait { .. } => {
+                return SchedulerResponse::Error { message: "wait is not answered here".into() };
+            }
+        };
+        match result {
+            Ok(effects) => {
+                self.publish(effects);
+                SchedulerResponse::Ok
+            }
+            Err(Refusal::UnknownNode) => SchedulerResponse::UnknownNode,
+            Err(Refusal::Other(message)) => {
+                warn!(remote = %peer.remote, %message, "request refused");
+                SchedulerResponse::Error { message }
+            }
+        }
+    }
+
+    fn check_identity(&self, peer: &Peer, node: &str) -> Result<(), Refusal> {
+        if !self.check_node_names {
+            return Ok(());
+        }
+        let Some(cert) = &peer.cert else {
+            return Err(Refusal::Other("the connection has no client certificate".into()));
+        };
+        let name = ServerName::try_from(node)
+            .map_err(|_| Refusal::Other(format!("node id {node:?} is not a DNS name or an IP address")))?;
+        let cert = webpki::EndEntityCert::try_from(cert.as_ref())
+            .map_err(|e| Refusal::Other(format!("cannot parse the client certificate: {e}")))?;
+        cert.verify_is_valid_for_subject_name(&name)
+            .map_err(|_| Refusal::Other(format!("the client certificate is not valid for node {node:?}")))
+    }
+
+    /// Answers `Wait`: `Located` as soon as a complete copy exists, or at the timeout.
+    async fn wait(&self, name: String, timeout_ms: u64) -> SchedulerResponse {
+        if let Err(e) = store_client::name::validate(&name) {
+            return SchedulerResponse::Error { message: format!("invalid object name {name:?}: {e}") };
+        }
+        let mut changes = self.available.subscribe();
+        let deadline = tokio::time::Instant::now() + Duration::from_millis(timeout_ms).min(MAX_WAIT);
+        loop {
+            // Subscribed before checking, so an announce in between is not missed.
+            if self.table().is_available(&name) {
+                break;
+            }
+            match tokio::time::timeout_at(deadline, changes.changed()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) | Err(_) => break,
+            }
+        }
+        SchedulerResponse::Located(self.table().locate(&name))
+    }
+}
+
+enum Refusal {
+    UnknownNode,
+    Other(String),
+}
+
+impl From<TableError> for Refusal {
+    fn from(e: TableError) -> Self {
+        match e {
+            TableError::UnknownNode(_) => Refusal::UnknownNode,
+            other => Refusal::Other(other.to_string()),
+        }
+    }
+}
+
+/// Who is at the other end of a connection.
+#[derive(Clone, Debug)]
+struct Peer {
+    remote: SocketAddr,
+    cert: Option<Arc<CertificateDer<'static>>>,
+}
+
+fn peer_certificate(conn: &quinn::Connection) -> Option<Arc<CertificateDer<'static>>> {
+    let chain = conn.peer_identity()?.downcast::<Vec<CertificateDer<'static>>>().ok()?;
+    chain.into_iter().next().map(Arc::new)
+}
+
+/// A scheduler whose endpoint is bound and accepting.
+#[derive(Debug)]
+pub struct Scheduler {
+    endpoint: quinn::Endpoint,
+    local_addr: SocketAddr,
+    lease: Duration,
+    shared: Arc<Shared>,
+}
+
+impl Scheduler {
+    /// Loads the identity and binds the QUIC endpoint. Must be called inside a tokio runtime.
+    pub fn bind(config: SchedulerConfig) -> Result<Self, ServerError> {
+        let identity = Identity::load(&config.certs)?;
+        let server_config = identity.quic_server(SCHEDULER_ALPN, tls::bulk_transport())?;
+        let bind_err = |source| ServerError::Bind { addr: config.listen, source };
+        let endpoint = quinn::Endpoint::server(server_config, config.listen).map_err(bind_err)?;
+        let local_addr = endpoint.local_addr().map_err(bind_err)?;
+        info!(%local_addr, lease_ms = config.lease.as_millis(), "scheduler listening");
+        let shared = Arc::new(Shared {
+            table: Mutex::new(Table::new(config.lease)),
+            available: watch::channel(0).0,
+            check_node_names: config.check_node_names,
+        });
+        Ok(Self { endpoint, local_addr, lease: config.lease, shared })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Serves until `shutdown` is cancelled; then closes the endpoint (and every connection,
+    /// which ends pending `Wait`s) and returns once every task has finished.
+    pub async fn run(self, shutdown: CancellationToken) {
+        // Our own token, so that an endpoint closed under us stops our tasks and not the caller's.
+        let shutdown = shutdown.child_token();
+        let tracker = TaskTracker::new();
+        tracker.spawn(expire_leases(self.shared.clone(), self.lease, shutdown.clone()));
+        loop {
+            let incoming = tokio::select! {
+                _ = shutdown.cancelled() => break,
+                incoming = self.endpoint.accept() => incoming,
+            };
+            let Some(incoming) = incoming else { break };
+            tracker.spawn(serve_connection(self.shared.clone(), incoming, shutdown.clone(), tracker.clone()));
+        }
+        shutdown.cancel();
+        self.endpoint.close(quinn::VarInt::from_u32(0), b"scheduler shutting down");
+        tracker.close();
+        tracker.wait().await;
+        self.endpoint.wait_idle().await;
+        info!("scheduler stopped");
+    }
+}
+
+/// Drops nodes whose lease passed, waking up when the earliest lease ends.
+async fn expire_leases(shared: Arc<Shared>, lease: Duration, shutdown: CancellationToken) {
+    loop {
+        let now = tokio::time::Instant::now();
+        let next = shared.table().next_expiry().map(tokio::time::Instant::from_std).unwrap_or(now + lease);
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep_until(next.max(now + MIN_EXPIRY_PAUSE)) => {}
+        }
+        let effects = shared.table().expire(Instant::now());
+        shared.publish(effects);
+    }
+}
+
+async fn serve_connection(
+    shared: Arc<Shared>,
+    incoming: quinn::Incoming,
+    shutdown: CancellationToken,
+    tracker: TaskTracker,
+) {
+    let remote = incoming.remote_address();
+    let conn = tokio::select! {
+        _ = shutdown.cancelled() => return,
+        conn = incoming => conn,
+    };
+    let conn = match conn {
+        Ok(conn) => conn,
+        Err(e) => {
+            warn!(%remote, error = %e, "connection refused or failed during the handshake");
+            return;
+        }
+    };
+    let peer = Peer { remote, cert: peer_certificate(&conn) };
+    debug!(%remote, "connection established");
+    loop {
+        let stream = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            stream = conn.accept_bi() => stream,
+        };
+        match stream {
+            Ok((send, recv)) => {
+                tracker.spawn(serve_stream(shared.clone(), peer.clone(), send, recv, shutdown.clone()));
+            }
+            Err(e) => {
+                debug!(%remote, error = %e, "connection ended");
+                break;
+            }
+        }
+    }
+}
+
+async fn serve_stream(
+    shared: Arc<Shared>,
+    peer: Peer,
+    mut send: quinn::SendStream,
+    mut recv: quinn::RecvStream,
+    shutdown: CancellationToken,
+) {
+    let req = match tokio::time::timeout(REQUEST_READ_TIMEOUT, rpc::read_frame::<SchedulerRequest>(&mut recv)).await {
+        Ok(Ok(req)) => req,
+        Ok(Err(RpcError::Malformed(message))) => {
+            warn!(remote = %peer.remote, %message, "malformed request");
+            let resp = SchedulerResponse::Error { message: format!("malformed request: {message}") };
+            respond(&peer, &mut send, &resp).await;
+            return;
+        }
+        Ok(Err(e)) => {
+            debug!(remote = %peer.remote, error = %e, "cannot read request");
+            return;
+        }
+        Err(_) => {
+            debug!(remote = %peer.remote, "no request within the timeout");
+            return;
+        }
+    };
+    let resp = match req {
+        SchedulerRequest::Wait { name, timeout_ms } => tokio::select! {
+            _ = shutdown.cancelled() => return,
+            resp = shared.wait(name, timeout_ms) => resp,
+        },
+        other => shared.handle(&peer, other),
+    };
+    respond(&peer, &mut send, &resp).await;
+}
+
+async fn respond(peer: &Peer, send: &mut quinn::SendStream, resp: &SchedulerResponse) {
+    if let Err(e) = rpc::write_frame(send, resp).await {
+        debug!(remote = %peer.remote, error = %e, "cannot send response");
+        return;
+    }
+    let _ = send.finish();
+}
