@@ -258,6 +258,40 @@ impl StoreClient {
         }
     }
 
+    /// Where `name` is in the cluster (via the daemon and its scheduler).
+    pub fn locate(&self, name: &str) -> Result<Vec<crate::cluster::Location>> {
+        name::validate(name)?;
+        match self.shared.call(&Request::Locate { name: name.to_owned() }, None)? {
+            (Response::Located(l), _) => Ok(l),
+            (other, _) => Err(unexpected(other)),
+        }
+    }
+
+    /// The cluster's live nodes.
+    pub fn nodes(&self) -> Result<Vec<crate::cluster::NodeStatus>> {
+        match self.shared.call(&Request::Nodes, None)? {
+            (Response::Nodes(n), _) => Ok(n),
+            (other, _) => Err(unexpected(other)),
+        }
+    }
+
+    /// Asks `to` (every live node if `None`) to pull `name`; returns each node's outcome.
+    /// With `relay` false the targets pull only from complete holders (single-source fan-out).
+    pub fn replicate(
+        &self,
+        name: &str,
+        to: Option<Vec<String>>,
+        timeout: Duration,
+        relay: bool,
+    ) -> Result<Vec<crate::protocol::ReplicaOutcome>> {
+        name::validate(name)?;
+        let req = Request::Replicate { name: name.to_owned(), to, timeout_ms: timeout.as_millis() as u64, relay };
+        match self.shared.call(&req, None)? {
+            (Response::Replicated(r), _) => Ok(r),
+            (other, _) => Err(unexpected(other)),
+        }
+    }
+
     /// Unbinds `name`. Existing mappings stay valid; memory is freed when they are dropped.
     pub fn delete(&self, name: &str) -> Result<()> {
         name::validate(name)?;

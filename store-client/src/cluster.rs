@@ -122,8 +122,10 @@ pub enum PeerRequest {
     Chunk { name: String, index: u64 },
     /// Which chunks the peer holds now.
     Have { name: String },
-    /// Asks the peer to fetch the object into its own store; answered when done.
-    Pull { name: String, timeout_ms: u64 },
+    /// Asks the peer to fetch the object into its own store; answered when done. With
+    /// `relay` false it pulls only from complete holders (single-source fan-out, for
+    /// comparison).
+    Pull { name: String, timeout_ms: u64, relay: bool },
 }
 
 /// What a peer reports of a finished pull.
@@ -137,6 +139,10 @@ pub struct PullReport {
     pub from: BTreeMap<NodeId, u64>,
     /// True if the object was already there.
     pub already_present: bool,
+    /// Chunks that failed verification and were fetched again.
+    pub corrupt_chunks: u64,
+    /// Chunk requests retried (corrupt, refused, timed out, peer lost).
+    pub retries: u64,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

@@ -118,3 +118,110 @@ pub fn object_json(o: &ObjectInfo) -> serde_json::Value {
         "evictable": o.evictable,
     })
 }
+
+/// Holders of an object.
+pub fn locations_table(locations: &[crate::cluster::Location]) -> String {
+    let mut out = format!("{:<20} {:<22} {:>12} {:>10}  {}\n", "NODE", "ADDRESS", "SIZE", "CHUNKS", "STATE");
+    for l in locations {
+        out.push_str(&format!(
+            "{:<20} {:<22} {:>12} {:>10}  {}\n",
+            l.node,
+            l.addr,
+            bytesize::ByteSize(l.size).to_string(),
+            format!("{}/{}", l.chunks.count(), l.chunks.len()),
+            if l.is_complete() { "complete" } else { "partial" }
+        ));
+    }
+    out
+}
+
+pub fn locations_json(locations: &[crate::cluster::Location]) -> serde_json::Value {
+    serde_json::Value::Array(
+        locations
+            .iter()
+            .map(|l| {
+                serde_json::json!({
+                    "node": l.node, "addr": l.addr.to_string(), "size": l.size, "digest": l.root.to_hex(),
+                    "chunks_held": l.chunks.count(), "chunks": l.chunks.len(), "complete": l.is_complete(),
+                })
+            })
+            .collect(),
+    )
+}
+
+pub fn nodes_table(nodes: &[crate::cluster::NodeStatus]) -> String {
+    let mut out = format!(
+        "{:<20} {:<22} {:>12} {:>12} {:>8} {:>10}  {}\n",
+        "NODE", "ADDRESS", "CAPACITY", "FREE", "OBJECTS", "SEEN", "LABELS"
+    );
+    for n in nodes {
+        let labels: Vec<String> = n.info.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        out.push_str(&format!(
+            "{:<20} {:<22} {:>12} {:>12} {:>8} {:>8}ms  {}\n",
+            n.info.id,
+            n.info.addr,
+            bytesize::ByteSize(n.info.capacity).to_string(),
+            bytesize::ByteSize(n.info.free).to_string(),
+            n.objects,
+            n.last_seen_ms,
+            labels.join(",")
+        ));
+    }
+    out
+}
+
+pub fn nodes_json(nodes: &[crate::cluster::NodeStatus]) -> serde_json::Value {
+    serde_json::Value::Array(
+        nodes
+            .iter()
+            .map(|n| {
+                serde_json::json!({
+                    "node": n.info.id, "addr": n.info.addr.to_string(), "capacity": n.info.capacity,
+                    "free": n.info.free, "labels": n.info.labels, "objects": n.objects, "last_seen_ms": n.last_seen_ms,
+                })
+            })
+            .collect(),
+    )
+}
+
+fn mb_per_s(bytes: u64, seconds: f64) -> f64 {
+    if seconds > 0.0 { bytes as f64 / seconds / 1e6 } else { 0.0 }
+}
+
+pub fn replicas_table(outcomes: &[crate::protocol::ReplicaOutcome]) -> String {
+    let mut out = format!("{:<20} {:>10} {:>10} {:>12}  {}\n", "NODE", "SECONDS", "MB/S", "BYTES", "FROM / ERROR");
+    for o in outcomes {
+        match &o.result {
+            Ok(r) => {
+                let from: Vec<String> = r.from.iter().map(|(n, b)| format!("{n}:{}", bytesize::ByteSize(*b))).collect();
+                let note = if r.already_present { "already present".to_owned() } else { from.join(" ") };
+                out.push_str(&format!(
+                    "{:<20} {:>10.3} {:>10.1} {:>12}  {}\n",
+                    o.node,
+                    r.seconds,
+                    mb_per_s(r.bytes, r.seconds),
+                    r.bytes,
+                    note
+                ));
+            }
+            Err(e) => out.push_str(&format!("{:<20} {:>10} {:>10} {:>12}  error: {}\n", o.node, "-", "-", "-", e)),
+        }
+    }
+    out
+}
+
+pub fn replicas_json(outcomes: &[crate::protocol::ReplicaOutcome]) -> serde_json::Value {
+    serde_json::Value::Array(
+        outcomes
+            .iter()
+            .map(|o| match &o.result {
+                Ok(r) => serde_json::json!({
+                    "node": o.node, "ok": true, "seconds": r.seconds, "bytes": r.bytes,
+                    "mb_per_s": mb_per_s(r.bytes, r.seconds), "from": r.from, "already_present": r.already_present,
+                    "corrupt_chunks": r.corrupt_chunks, "retries": r.retries,
+                }),
+                Err(e) => serde_json::json!({ "node": o.node, "ok": false, "error": e }),
+            })
+            .collect(),
+    )
+}

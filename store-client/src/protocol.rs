@@ -8,6 +8,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::cluster::{Location, NodeId, NodeStatus, PullReport};
 use crate::manifest::Digest;
 
 /// Version spoken by this crate; the daemon answers a mismatching [`Request::Hello`] with
@@ -49,9 +50,16 @@ pub enum Request {
     List,
     /// Answered with [`Response::Stat`].
     Stat { name: String },
+    /// Where the object is in the cluster; answered with [`Response::Located`].
+    Locate { name: String },
+    /// The cluster's nodes; answered with [`Response::Nodes`].
+    Nodes,
+    /// Asks `to` (every live node if `None`) to pull the object; answered with
+    /// [`Response::Replicated`] once every target finished or failed.
+    Replicate { name: String, to: Option<Vec<NodeId>>, timeout_ms: u64, relay: bool },
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum Response {
     Hello {
         version: u32,
@@ -67,10 +75,20 @@ pub enum Response {
     Done,
     Listing(Vec<ObjectInfo>),
     Stat(ObjectInfo),
+    Located(Vec<Location>),
+    Nodes(Vec<NodeStatus>),
+    Replicated(Vec<ReplicaOutcome>),
     Error {
         code: ErrorCode,
         message: String,
     },
+}
+
+/// One target node's result of a replicate request.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ReplicaOutcome {
+    pub node: NodeId,
+    pub result: Result<PullReport, String>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -125,4 +143,8 @@ pub enum ErrorCode {
     ShuttingDown,
     Io,
     Internal,
+    /// The daemon runs without a cluster (no scheduler configured).
+    NoCluster,
+    /// The scheduler or the peers could not be reached.
+    ClusterUnavailable,
 }

@@ -17,6 +17,8 @@ pub struct DaemonConfig {
     pub chunk_size: u64,
     /// Threads used to hash large objects.
     pub hash_threads: usize,
+    /// Cluster membership; `None` for a stand-alone store.
+    pub cluster: Option<crate::cluster::ClusterConfig>,
 }
 
 impl DaemonConfig {
@@ -34,6 +36,7 @@ impl DaemonConfig {
             allow_gids: Vec::new(),
             chunk_size: store_client::DEFAULT_CHUNK_SIZE,
             hash_threads: std::thread::available_parallelism().map_or(2, |n| n.get()),
+            cluster: None,
         }
     }
 

@@ -16,6 +16,7 @@ use tokio::net::UnixStream;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
+use crate::cluster::{Cluster, PullError};
 use crate::ingest::{self, IngestError};
 use crate::server::Shared;
 use crate::store::{Adopted, ConnId, Lookup, StoreError};
@@ -23,6 +24,9 @@ use crate::store::{Adopted, ConnId, Lookup, StoreError};
 /// Objects at most this large are sealed and hashed on the connection's task; larger ones
 /// go to the blocking pool.
 const INLINE_HASH_LIMIT: u64 = 256 * 1024;
+
+/// Longest transfer a `get` with a zero timeout starts for an object held elsewhere.
+const PULL_FOR_GET_LIMIT: Duration = Duration::from_secs(600);
 
 /// A request's failure, as it goes on the wire.
 #[derive(Debug)]
@@ -45,6 +49,12 @@ impl From<StoreError> for Failure {
 
 impl From<IngestError> for Failure {
     fn from(e: IngestError) -> Self {
+        Self::new(e.code(), e.to_string())
+    }
+}
+
+impl From<PullError> for Failure {
+    fn from(e: PullError) -> Self {
         Self::new(e.code(), e.to_string())
     }
 }
@@ -235,7 +245,29 @@ impl Connection {
                 check_name(&name)?;
                 Ok((Response::Stat(self.shared.store().stat(&name)?), None))
             }
+            Request::Locate { name } => {
+                check_name(&name)?;
+                let cluster = self.cluster()?;
+                let located = cluster.scheduler().locate(&name).await.map_err(PullError::from)?;
+                Ok((Response::Located(located), None))
+            }
+            Request::Nodes => {
+                let cluster = self.cluster()?;
+                Ok((Response::Nodes(cluster.scheduler().nodes().await.map_err(PullError::from)?), None))
+            }
+            Request::Replicate { name, to, timeout_ms, relay } => {
+                check_name(&name)?;
+                let cluster = self.cluster()?.clone();
+                let outcomes = cluster.replicate(&name, to, Duration::from_millis(timeout_ms), relay).await?;
+                Ok((Response::Replicated(outcomes), None))
+            }
         }
+    }
+
+    fn cluster(&self) -> Result<&Arc<Cluster>, Failure> {
+        self.shared
+            .cluster()
+            .ok_or_else(|| Failure::new(ErrorCode::NoCluster, "this daemon runs without a cluster (no --scheduler)"))
     }
 
     fn create(&mut self, name: &str, size: u64, evictable: bool) -> Reply {
@@ -322,12 +354,21 @@ impl Connection {
         check_name(name)?;
         let deadline = tokio::time::Instant::now() + Duration::from_millis(timeout_ms);
         let mut sealed = self.shared.subscribe_sealed();
+        let mut pulled = false;
         loop {
             // Subscribed before looking, so a seal in between is not missed.
             sealed.borrow_and_update();
             if let Lookup::Ready(lease) = self.shared.store().lease(name) {
                 *self.holdings.leases.entry(lease.info.id).or_default() += 1;
                 return Ok((Response::Object(lease.info), Some(lease.segment)));
+            }
+            if !pulled
+                && let Some(cluster) = self.shared.cluster().cloned()
+                && !self.shared.store().is_bound(name)
+            {
+                pulled = true;
+                self.pull_for_get(&cluster, name, timeout_ms).await?;
+                continue;
             }
             tokio::select! {
                 _ = self.shutdown.cancelled() => {
@@ -348,6 +389,27 @@ impl Connection {
                     }
                 }
             }
+        }
+    }
+
+    /// A `get` of an object this node lacks: pull it from the cluster. With a zero timeout
+    /// only an object that exists somewhere now is pulled (and then without a deadline
+    /// shorter than [`PULL_FOR_GET_LIMIT`]); with a timeout, the pull may also wait for it
+    /// to appear.
+    async fn pull_for_get(&self, cluster: &Arc<Cluster>, name: &str, timeout_ms: u64) -> Result<(), Failure> {
+        let timeout = if timeout_ms == 0 {
+            let located = cluster.scheduler().locate(name).await.map_err(PullError::from)?;
+            if located.is_empty() {
+                return Err(Failure::new(ErrorCode::NotFound, format!("no node holds {name:?}")));
+            }
+            PULL_FOR_GET_LIMIT
+        } else {
+            Duration::from_millis(timeout_ms)
+        };
+        let shutdown = self.shutdown.clone();
+        tokio::select! {
+            result = cluster.pull(name, timeout, true) => result.map(|_| ()).map_err(Failure::from),
+            _ = shutdown.cancelled() => Err(Failure::new(ErrorCode::ShuttingDown, "the daemon is shutting down")),
         }
     }
 

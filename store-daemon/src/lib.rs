@@ -5,6 +5,7 @@
 //! socket with descriptor passing ([`server`], [`connection`]). Filling, sealing and
 //! hashing objects is in [`ingest`]; configuration in [`config`].
 
+pub mod cluster;
 pub mod config;
 pub mod connection;
 pub mod ingest;

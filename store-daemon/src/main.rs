@@ -2,6 +2,8 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::Parser;
+use store_client::tls::CertPaths;
+use store_daemon::cluster::ClusterConfig;
 use store_daemon::{Daemon, DaemonConfig};
 use tokio_util::sync::CancellationToken;
 
@@ -25,9 +27,101 @@ struct Args {
     /// Chunk size of object manifests (a power of two).
     #[arg(long, env = "STORE_CHUNK_SIZE", default_value = "4MiB")]
     chunk_size: bytesize::ByteSize,
+    /// This node's name in the cluster (the DNS name of its certificate). Joining a cluster
+    /// needs it, --scheduler and the certificates.
+    #[arg(long, env = "STORE_NODE_ID")]
+    node_id: Option<String>,
+    /// UDP address of the QUIC endpoint for peers.
+    #[arg(long, env = "STORE_LISTEN", default_value = "0.0.0.0:7701")]
+    listen: std::net::SocketAddr,
+    /// Address peers use to reach this node [default: --listen].
+    #[arg(long, env = "STORE_ADVERTISE")]
+    advertise: Option<std::net::SocketAddr>,
+    /// The scheduler's QUIC address.
+    #[arg(long, env = "STORE_SCHEDULER")]
+    scheduler: Option<std::net::SocketAddr>,
+    /// Name in the scheduler's certificate.
+    #[arg(long, env = "STORE_SCHEDULER_NAME", default_value = "scheduler")]
+    scheduler_name: String,
+    /// Directory with ca.pem, <node-id>.pem and <node-id>.key (from `storectl certs`).
+    #[arg(long, env = "STORE_CERT_DIR")]
+    cert_dir: Option<PathBuf>,
+    /// CA certificate (overrides --cert-dir).
+    #[arg(long, env = "STORE_TLS_CA")]
+    tls_ca: Option<PathBuf>,
+    /// This node's certificate (overrides --cert-dir).
+    #[arg(long, env = "STORE_TLS_CERT")]
+    tls_cert: Option<PathBuf>,
+    /// This node's private key (overrides --cert-dir).
+    #[arg(long, env = "STORE_TLS_KEY")]
+    tls_key: Option<PathBuf>,
+    /// Labels for placement, e.g. site=cloud,rack=r1.
+    #[arg(long = "label", env = "STORE_LABELS", value_delimiter = ',')]
+    labels: Vec<String>,
+    /// Cap on replication traffic sent to peers, in bits per second (e.g. 200Mbit, 1Gbit).
+    #[arg(long, env = "STORE_MAX_EGRESS_RATE")]
+    max_egress_rate: Option<String>,
+    /// Heartbeat interval to the scheduler, in milliseconds.
+    #[arg(long, env = "STORE_HEARTBEAT_MS", default_value_t = 1000)]
+    heartbeat_ms: u64,
+    /// Fault injection for tests: corrupt every chunk served to peers.
+    #[arg(long, env = "STORE_FAULT_CORRUPT_CHUNKS", hide = true)]
+    fault_corrupt_chunks: bool,
     /// Log filter, in tracing's EnvFilter syntax.
     #[arg(long, env = "STORE_LOG", default_value = "info")]
     log: String,
+}
+
+/// Parses a rate such as `200Mbit`, `1.5Gbit` or `25MB` (bytes) into bytes per second.
+fn parse_rate(text: &str) -> anyhow::Result<u64> {
+    let t = text.trim();
+    let split = t.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(t.len());
+    let (number, unit) = t.split_at(split);
+    let number: f64 = number.parse().with_context(|| format!("bad rate {text:?}"))?;
+    let bits_per_unit = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "bit" | "bps" => 1.0,
+        "kbit" => 1e3,
+        "mbit" => 1e6,
+        "gbit" => 1e9,
+        "b" => 8.0,
+        "kb" => 8e3,
+        "mb" => 8e6,
+        "gb" => 8e9,
+        other => anyhow::bail!("unknown rate unit {other:?} in {text:?} (use bit, kbit, Mbit, Gbit or B, kB, MB, GB)"),
+    };
+    Ok((number * bits_per_unit / 8.0) as u64)
+}
+
+fn cluster_config(args: &Args) -> anyhow::Result<Option<ClusterConfig>> {
+    let Some(scheduler) = args.scheduler else { return Ok(None) };
+    let node_id = args.node_id.clone().context("--node-id is required with --scheduler")?;
+    let from_dir = args.cert_dir.as_ref().map(|d| CertPaths::in_dir(d, &node_id));
+    let pick = |explicit: &Option<PathBuf>, from: Option<PathBuf>, what: &str| {
+        explicit.clone().or(from).with_context(|| format!("{what}: give --cert-dir or --tls-{what}"))
+    };
+    let certs = CertPaths {
+        ca: pick(&args.tls_ca, from_dir.as_ref().map(|p| p.ca.clone()), "ca")?,
+        cert: pick(&args.tls_cert, from_dir.as_ref().map(|p| p.cert.clone()), "cert")?,
+        key: pick(&args.tls_key, from_dir.as_ref().map(|p| p.key.clone()), "key")?,
+    };
+    let mut labels = std::collections::BTreeMap::new();
+    for label in &args.labels {
+        let (k, v) = label.split_once('=').with_context(|| format!("label {label:?} is not key=value"))?;
+        labels.insert(k.to_owned(), v.to_owned());
+    }
+    let max_egress_rate = args.max_egress_rate.as_deref().map(parse_rate).transpose()?;
+    Ok(Some(ClusterConfig {
+        node_id,
+        listen: args.listen,
+        advertise: args.advertise,
+        scheduler,
+        scheduler_name: args.scheduler_name.clone(),
+        certs,
+        labels,
+        max_egress_rate,
+        heartbeat: std::time::Duration::from_millis(args.heartbeat_ms.max(50)),
+        corrupt_served_chunks: args.fault_corrupt_chunks,
+    }))
 }
 
 fn main() -> anyhow::Result<()> {
@@ -42,11 +136,14 @@ fn main() -> anyhow::Result<()> {
         chunk_size.is_power_of_two() && chunk_size >= 1024,
         "--chunk-size must be a power of two of at least 1 KiB"
     );
-    let mut config =
-        DaemonConfig::new(args.socket.unwrap_or_else(store_client::default_socket_path), args.capacity.as_u64());
-    config.allow_uids.extend(args.allow_uids);
-    config.allow_gids = args.allow_gids;
+    let mut config = DaemonConfig::new(
+        args.socket.clone().unwrap_or_else(store_client::default_socket_path),
+        args.capacity.as_u64(),
+    );
+    config.allow_uids.extend(args.allow_uids.iter().copied());
+    config.allow_gids = args.allow_gids.clone();
     config.chunk_size = chunk_size;
+    config.cluster = cluster_config(&args)?;
 
     let fd_limit = store_daemon::server::raise_fd_limit();
     tracing::info!(fd_limit, "open-file limit (one descriptor per object)");

@@ -13,6 +13,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
+use crate::cluster::Cluster;
 use crate::config::DaemonConfig;
 use crate::connection;
 use crate::store::Store;
@@ -21,6 +22,8 @@ use crate::store::Store;
 pub enum ServerError {
     #[error("another daemon is already listening on {}", .0.display())]
     AlreadyRunning(PathBuf),
+    #[error(transparent)]
+    Cluster(#[from] crate::cluster::ClusterError),
     #[error("cannot bind {}: {source}", path.display())]
     Bind {
         path: PathBuf,
@@ -37,12 +40,24 @@ pub struct Shared {
     /// Bumped on every seal, so waiters for a name re-check.
     sealed: watch::Sender<u64>,
     next_conn: std::sync::atomic::AtomicU64,
+    cluster: std::sync::OnceLock<Arc<Cluster>>,
 }
 
 impl Shared {
     pub fn new(config: DaemonConfig) -> Self {
         let store = Store::new(config.capacity, config.chunk_size);
-        Self { config, store: Mutex::new(store), sealed: watch::channel(0).0, next_conn: 0.into() }
+        Self {
+            config,
+            store: Mutex::new(store),
+            sealed: watch::channel(0).0,
+            next_conn: 0.into(),
+            cluster: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// The cluster membership, if this daemon has one.
+    pub fn cluster(&self) -> Option<&Arc<Cluster>> {
+        self.cluster.get()
     }
 
     pub fn store(&self) -> MutexGuard<'_, Store> {
@@ -84,8 +99,15 @@ impl Daemon {
         }
         let listener = UnixListener::bind(&path).map_err(bind_err)?;
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o660)).map_err(bind_err)?;
-        info!(socket = %path.display(), capacity = config.capacity, "store daemon listening");
-        Ok(Self { listener, shared: Arc::new(Shared::new(config)) })
+        let cluster_config = config.cluster.clone();
+        let shared = Arc::new(Shared::new(config));
+        if let Some(cc) = cluster_config {
+            let cluster = Cluster::bind(cc, Arc::downgrade(&shared))?;
+            info!(node = %cluster.node_id(), quic = ?cluster.local_addr().ok(), "cluster endpoint bound");
+            let _ = shared.cluster.set(cluster);
+        }
+        info!(socket = %path.display(), capacity = shared.config.capacity, "store daemon listening");
+        Ok(Self { listener, shared })
     }
 
     pub fn shared(&self) -> &Arc<Shared> {
@@ -100,6 +122,10 @@ impl Daemon {
     /// finish its current request, and removes the socket file.
     pub async fn run(self, shutdown: CancellationToken) {
         let tracker = TaskTracker::new();
+        if let Some(cluster) = self.shared.cluster() {
+            tracker.spawn(crate::cluster::serve::accept_loop(cluster.clone(), shutdown.clone(), tracker.clone()));
+            tracker.spawn(crate::cluster::announce::run(cluster.clone(), shutdown.clone()));
+        }
         loop {
             let accepted = tokio::select! {
                 _ = shutdown.cancelled() => break,
@@ -120,6 +146,9 @@ impl Daemon {
         }
         tracker.close();
         tracker.wait().await;
+        if let Some(cluster) = self.shared.cluster() {
+            cluster.close().await;
+        }
         let _ = std::fs::remove_file(&self.shared.config.socket);
         info!("store daemon stopped");
     }

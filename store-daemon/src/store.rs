@@ -15,6 +15,8 @@ use std::os::fd::OwnedFd;
 use std::sync::Arc;
 use std::time::Instant;
 
+use store_client::chunkset::ChunkSet;
+use store_client::cluster::Holding;
 use store_client::manifest::Manifest;
 use store_client::protocol::{ErrorCode, ObjectId, ObjectInfo, ObjectState};
 use store_client::sys::ReadOnlyMapping;
@@ -59,8 +61,20 @@ impl StoreError {
 
 #[derive(Debug)]
 enum Phase {
-    Pending { owner: ConnId, sealing: bool },
-    Sealed { manifest: Arc<Manifest>, mapping: Arc<ReadOnlyMapping> },
+    Pending {
+        owner: ConnId,
+        sealing: bool,
+    },
+    /// Being pulled from peers: the daemon writes verified chunks and serves them on.
+    Receiving {
+        manifest: Arc<Manifest>,
+        mapping: Arc<ReadOnlyMapping>,
+        held: ChunkSet,
+    },
+    Sealed {
+        manifest: Arc<Manifest>,
+        mapping: Arc<ReadOnlyMapping>,
+    },
 }
 
 #[derive(Debug)]
@@ -89,6 +103,14 @@ pub enum Lookup {
     Ready(Lease),
     /// The name is bound to an object not sealed yet, or not bound at all: wait.
     NotYet,
+}
+
+/// What a peer may read of an object.
+#[derive(Debug, Clone)]
+pub struct PeerView {
+    pub manifest: Arc<Manifest>,
+    pub held: ChunkSet,
+    pub mapping: Arc<ReadOnlyMapping>,
 }
 
 /// Result of adopting an already sealed object.
@@ -249,7 +271,7 @@ impl Store {
         match self.names.get(name).and_then(|id| self.objects.get(id)) {
             None => Ok(()),
             Some(obj) => match obj.phase {
-                Phase::Pending { .. } => Err(StoreError::Pending(name.to_owned())),
+                Phase::Pending { .. } | Phase::Receiving { .. } => Err(StoreError::Pending(name.to_owned())),
                 Phase::Sealed { .. } => Err(StoreError::AlreadyExists(name.to_owned())),
             },
         }
@@ -266,7 +288,7 @@ impl Store {
                 *sealing = true;
                 Ok((obj.segment.clone(), obj.size))
             }
-            Phase::Pending { .. } => Err(StoreError::UnknownPending(id)),
+            Phase::Pending { .. } | Phase::Receiving { .. } => Err(StoreError::UnknownPending(id)),
             Phase::Sealed { .. } => Err(StoreError::AlreadySealed(id)),
         }
     }
@@ -315,7 +337,9 @@ impl Store {
         if let Some(&id) = self.names.get(name) {
             let same = match self.objects.get(&id).map(|o| &o.phase) {
                 Some(Phase::Sealed { manifest: m, .. }) => m.root == manifest.root && m.size == manifest.size,
-                Some(Phase::Pending { .. }) => return Err(StoreError::Pending(name.to_owned())),
+                Some(Phase::Pending { .. } | Phase::Receiving { .. }) => {
+                    return Err(StoreError::Pending(name.to_owned()));
+                }
                 None => false,
             };
             if !same {
@@ -372,7 +396,7 @@ impl Store {
         let Some(obj) = self.objects.get_mut(&id) else {
             return Err(StoreError::NotFound(name.to_owned()));
         };
-        if matches!(obj.phase, Phase::Pending { .. }) {
+        if matches!(obj.phase, Phase::Pending { .. } | Phase::Receiving { .. }) {
             return Err(StoreError::DeletePending(name.to_owned()));
         }
         if obj.leases == 0 {
@@ -388,6 +412,7 @@ impl Store {
         let obj = self.objects.get(&id)?;
         let (state, digest) = match (&obj.phase, obj.deleted) {
             (Phase::Pending { .. }, _) => (ObjectState::Pending, None),
+            (Phase::Receiving { manifest, .. }, _) => (ObjectState::Pending, Some(manifest.root)),
             (Phase::Sealed { manifest, .. }, false) => (ObjectState::Sealed, Some(manifest.root)),
             (Phase::Sealed { manifest, .. }, true) => (ObjectState::Deleted, Some(manifest.root)),
         };
@@ -408,21 +433,116 @@ impl Store {
         self.names.get(name).and_then(|&id| self.info(id)).ok_or_else(|| StoreError::NotFound(name.to_owned()))
     }
 
-    /// The daemon's own mapping of a sealed object, to serve its bytes.
-    pub fn mapping(&self, name: &str) -> Option<Arc<ReadOnlyMapping>> {
+    /// What a peer may read of `name`: the manifest, the chunks held and the daemon's
+    /// own mapping of them. Sealed objects and objects being received are served.
+    pub fn peer_view(&self, name: &str) -> Option<PeerView> {
         let obj = self.objects.get(self.names.get(name)?)?;
         match &obj.phase {
-            Phase::Sealed { mapping, .. } => Some(mapping.clone()),
+            Phase::Sealed { manifest, mapping } => Some(PeerView {
+                manifest: manifest.clone(),
+                held: ChunkSet::full(manifest.chunk_count()),
+                mapping: mapping.clone(),
+            }),
+            Phase::Receiving { manifest, mapping, held } => {
+                Some(PeerView { manifest: manifest.clone(), held: held.clone(), mapping: mapping.clone() })
+            }
             Phase::Pending { .. } => None,
         }
     }
 
-    pub fn manifest(&self, name: &str) -> Option<Arc<Manifest>> {
-        let obj = self.objects.get(self.names.get(name)?)?;
-        match &obj.phase {
-            Phase::Sealed { manifest, .. } => Some(manifest.clone()),
-            Phase::Pending { .. } => None,
+    /// Whether `name` is bound to anything (sealed, being created or being received).
+    pub fn is_bound(&self, name: &str) -> bool {
+        self.names.contains_key(name)
+    }
+
+    /// Whether a sealed object is bound to `name`.
+    pub fn has_sealed(&self, name: &str) -> bool {
+        self.names
+            .get(name)
+            .and_then(|id| self.objects.get(id))
+            .is_some_and(|o| matches!(o.phase, Phase::Sealed { .. }))
+    }
+
+    /// Starts receiving `name` from peers into `segment`, as an evictable copy.
+    pub fn begin_receive(
+        &mut self,
+        name: &str,
+        manifest: Manifest,
+        segment: OwnedFd,
+        mapping: ReadOnlyMapping,
+    ) -> Result<(ObjectId, Vec<String>), StoreError> {
+        self.check_unbound(name)?;
+        let size = manifest.size;
+        let evicted = self.make_room(size)?;
+        let held = ChunkSet::empty(manifest.chunk_count());
+        let phase = Phase::Receiving { manifest: Arc::new(manifest), mapping: Arc::new(mapping), held };
+        let id = self.insert(name, size, true, segment, phase);
+        Ok((id, evicted))
+    }
+
+    /// A verified chunk of an object being received has landed.
+    pub fn chunk_received(&mut self, id: ObjectId, index: u64) {
+        if let Some(Object { phase: Phase::Receiving { held, .. }, .. }) = self.objects.get_mut(&id) {
+            held.insert(index);
         }
+    }
+
+    /// The memfd of an object being received, for the caller to seal once complete.
+    pub fn receiving_segment(&self, id: ObjectId) -> Option<Arc<OwnedFd>> {
+        match self.objects.get(&id) {
+            Some(obj @ Object { phase: Phase::Receiving { .. }, .. }) => Some(obj.segment.clone()),
+            _ => None,
+        }
+    }
+
+    /// Completes a receive whose memfd the caller has sealed.
+    pub fn finish_receive(&mut self, id: ObjectId) -> Result<ObjectInfo, StoreError> {
+        let obj = self.objects.get_mut(&id).ok_or(StoreError::UnknownPending(id))?;
+        let Phase::Receiving { manifest, mapping, held } = &obj.phase else {
+            return Err(StoreError::UnknownPending(id));
+        };
+        if !held.is_complete() {
+            return Err(StoreError::UnknownPending(id));
+        }
+        obj.phase = Phase::Sealed { manifest: manifest.clone(), mapping: mapping.clone() };
+        self.touch(id);
+        self.info(id).ok_or(StoreError::UnknownPending(id))
+    }
+
+    /// Drops an object being received: nothing half-received is ever kept.
+    pub fn abort_receive(&mut self, id: ObjectId) {
+        if matches!(self.objects.get(&id).map(|o| &o.phase), Some(Phase::Receiving { .. })) {
+            self.remove(id);
+        }
+    }
+
+    /// Everything this node holds, in whole or in part, as the scheduler wants it.
+    pub fn holdings(&self) -> Vec<Holding> {
+        let mut out: Vec<Holding> = self
+            .objects
+            .values()
+            .filter(|o| !o.deleted && self.names.contains_key(&o.name))
+            .filter_map(|o| {
+                let (manifest, chunks) = match &o.phase {
+                    Phase::Sealed { manifest, .. } => (manifest, ChunkSet::full(manifest.chunk_count())),
+                    Phase::Receiving { manifest, held, .. } => (manifest, held.clone()),
+                    Phase::Pending { .. } => return None,
+                };
+                Some(Holding {
+                    name: o.name.clone(),
+                    size: manifest.size,
+                    chunk_size: manifest.chunk_size,
+                    root: manifest.root,
+                    chunks,
+                })
+            })
+            .collect();
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        out
+    }
+
+    pub fn free(&self) -> u64 {
+        self.capacity - self.used
     }
 
     /// Every object, bound or deleted-but-leased, sorted by name.

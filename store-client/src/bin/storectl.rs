@@ -50,6 +50,31 @@ enum Command {
     Stat { name: String },
     /// Delete an object (mappings that exist stay valid until dropped).
     Rm { name: String },
+    /// Where an object is in the cluster: holders and how much of it each has.
+    Locate { name: String },
+    /// The cluster's live nodes.
+    Nodes,
+    /// Ask nodes to pull an object; reports each node's seconds and MB/s.
+    Replicate {
+        name: String,
+        /// Target node ids, comma-separated.
+        #[arg(long, value_delimiter = ',', required_unless_present = "all", conflicts_with = "all")]
+        to: Vec<String>,
+        /// Every live node.
+        #[arg(long)]
+        all: bool,
+        /// Seconds each node may take.
+        #[arg(long, default_value_t = 600.0)]
+        timeout: f64,
+        /// Pull only from complete holders (single-source fan-out, for comparison).
+        #[arg(long)]
+        no_relay: bool,
+    },
+    /// Make certificates for trying the cluster out and for tests.
+    Certs {
+        #[command(subcommand)]
+        command: CertsCommand,
+    },
     /// Microbenchmark of the local store against the running daemon.
     Bench {
         /// Size of the large objects.
@@ -67,6 +92,24 @@ enum Command {
         /// Directory for the file-put case.
         #[arg(long, default_value = "/tmp")]
         scratch_dir: PathBuf,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum CertsCommand {
+    /// Create a cluster CA (ca.pem, ca.key) in DIR.
+    Init {
+        #[arg(long)]
+        dir: PathBuf,
+    },
+    /// Issue NAME.pem and NAME.key, signed by the CA in DIR, for a node or the scheduler.
+    Issue {
+        name: String,
+        #[arg(long)]
+        dir: PathBuf,
+        /// Output directory [default: DIR].
+        #[arg(long)]
+        out: Option<PathBuf>,
     },
 }
 
@@ -150,6 +193,45 @@ fn main() -> anyhow::Result<()> {
                 println!("{}", serde_json::json!({ "deleted": name }));
             }
         }
+        Command::Locate { name } => {
+            let located = connect()?.locate(&name)?;
+            if cli.json {
+                println!("{}", ctl::locations_json(&located));
+            } else {
+                print!("{}", ctl::locations_table(&located));
+            }
+        }
+        Command::Nodes => {
+            let nodes = connect()?.nodes()?;
+            if cli.json {
+                println!("{}", ctl::nodes_json(&nodes));
+            } else {
+                print!("{}", ctl::nodes_table(&nodes));
+            }
+        }
+        Command::Replicate { name, to, all, timeout, no_relay } => {
+            let targets = if all { None } else { Some(to) };
+            let outcomes =
+                connect()?.replicate(&name, targets, Duration::from_secs_f64(timeout.max(0.0)), !no_relay)?;
+            if cli.json {
+                println!("{}", ctl::replicas_json(&outcomes));
+            } else {
+                print!("{}", ctl::replicas_table(&outcomes));
+            }
+            if outcomes.iter().any(|o| o.result.is_err()) {
+                anyhow::bail!("replication failed on some nodes");
+            }
+        }
+        Command::Certs { command } => match command {
+            CertsCommand::Init { dir } => {
+                store_client::tls::init_ca(&dir)?;
+                println!("created {} and {}", dir.join("ca.pem").display(), dir.join("ca.key").display());
+            }
+            CertsCommand::Issue { name, dir, out } => {
+                let (cert, key) = store_client::tls::issue(&dir, &name, out.as_deref().unwrap_or(&dir))?;
+                println!("created {} and {}", cert.display(), key.display());
+            }
+        },
         Command::Bench { large_size, seconds, repeats, latency_iterations, scratch_dir } => {
             let cfg = bench::BenchConfig {
                 socket: socket.clone(),

@@ -107,7 +107,7 @@ impl Sim {
         while t < limit {
             let now = self.start + Duration::from_secs_f64(t);
             on_tick(self, t);
-            if (t / dt) as u64 % 50 == 0 {
+            if ((t / dt) as u64).is_multiple_of(50) {
                 self.refresh_peers();
             }
             for r in 0..self.nodes.len() {

@@ -1,0 +1,301 @@
+//! The daemon's place in the cluster: its QUIC endpoint (mutual TLS), the link to the
+//! scheduler ([`announce`]), serving chunks to peers ([`serve`]) and pulling objects from
+//! them ([`pull`], driving [`crate::replication::plan`]).
+
+pub mod announce;
+pub mod pull;
+pub mod serve;
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::num::NonZeroU32;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use store_client::cluster::{NodeId, NodeInfo, PEER_ALPN, SCHEDULER_ALPN};
+use store_client::protocol::ErrorCode;
+use store_client::scheduler_client::{SchedulerClient, SchedulerClientError};
+use store_client::tls::{self, CertPaths, Identity, TlsError};
+use thiserror::Error;
+use tokio::sync::watch;
+
+use crate::server::Shared;
+
+/// How a daemon joins a cluster.
+#[derive(Clone, Debug)]
+pub struct ClusterConfig {
+    /// This node's name: the DNS name of its certificate.
+    pub node_id: NodeId,
+    /// UDP address of the QUIC endpoint.
+    pub listen: SocketAddr,
+    /// Address peers should use, if not `listen`.
+    pub advertise: Option<SocketAddr>,
+    pub scheduler: SocketAddr,
+    /// Name in the scheduler's certificate.
+    pub scheduler_name: String,
+    pub certs: CertPaths,
+    pub labels: BTreeMap<String, String>,
+    /// Cap on bytes per second sent to peers (all uploads together).
+    pub max_egress_rate: Option<u64>,
+    pub heartbeat: Duration,
+    /// Fault injection for tests: flip a byte in every chunk served.
+    pub corrupt_served_chunks: bool,
+}
+
+#[derive(Debug, Error)]
+pub enum ClusterError {
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    #[error("cannot bind the QUIC endpoint on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("--advertise is needed when listening on the unspecified address {0}")]
+    NoAdvertiseAddress(SocketAddr),
+    #[error("the egress rate must be at least 1 byte/s and below 4 GB/s")]
+    BadRate,
+}
+
+/// Why a pull or a cluster query failed.
+#[derive(Debug, Error, Clone)]
+pub enum PullError {
+    #[error("no node holds {0:?}")]
+    NotFound(String),
+    #[error("scheduler unavailable: {0}")]
+    Scheduler(String),
+    #[error("no holder answered with the manifest of {name:?}: {last_error}")]
+    NoManifest { name: String, last_error: String },
+    #[error("{0}")]
+    Store(String),
+    #[error("pull of {name:?} stalled: {missing} chunks held by no reachable peer")]
+    Stalled { name: String, missing: u64 },
+    #[error("pull of {0:?} timed out")]
+    Timeout(String),
+    #[error("i/o error: {0}")]
+    Io(String),
+    #[error("the daemon is shutting down")]
+    ShuttingDown,
+}
+
+impl PullError {
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            PullError::NotFound(_) => ErrorCode::NotFound,
+            PullError::Scheduler(_) | PullError::NoManifest { .. } | PullError::Stalled { .. } => {
+                ErrorCode::ClusterUnavailable
+            }
+            PullError::Store(_) => ErrorCode::StoreFull,
+            PullError::Timeout(_) => ErrorCode::Timeout,
+            PullError::Io(_) => ErrorCode::Io,
+            PullError::ShuttingDown => ErrorCode::ShuttingDown,
+        }
+    }
+}
+
+impl From<SchedulerClientError> for PullError {
+    fn from(e: SchedulerClientError) -> Self {
+        PullError::Scheduler(e.to_string())
+    }
+}
+
+/// Counters of the replication traffic, for reports and metrics.
+#[derive(Debug, Default)]
+pub struct ClusterStats {
+    pub chunks_received: AtomicU64,
+    pub bytes_received: AtomicU64,
+    pub chunks_sent: AtomicU64,
+    pub bytes_sent: AtomicU64,
+    pub corrupt_chunks: AtomicU64,
+    pub retries: AtomicU64,
+    pub pulls_completed: AtomicU64,
+    pub pulls_failed: AtomicU64,
+}
+
+type PullResult = Result<store_client::cluster::PullReport, PullError>;
+
+/// A daemon's cluster membership.
+#[derive(Debug)]
+pub struct Cluster {
+    pub config: ClusterConfig,
+    advertise: SocketAddr,
+    endpoint: quinn::Endpoint,
+    scheduler: SchedulerClient,
+    shared: Weak<Shared>,
+    peers: tokio::sync::Mutex<HashMap<NodeId, quinn::Connection>>,
+    /// Pulls in progress, so concurrent requests for one object share one transfer.
+    pulls: std::sync::Mutex<HashMap<String, watch::Receiver<Option<PullResult>>>>,
+    /// Chunk uploads in flight: the load this node reports to receivers.
+    uploads: AtomicU32,
+    limiter: Option<governor::DefaultDirectRateLimiter>,
+    pub stats: ClusterStats,
+    /// Wakes the announcer for an immediate sync with the scheduler.
+    sync_now: tokio::sync::Notify,
+}
+
+/// Largest piece written to a peer stream at once (and the limiter's burst).
+pub const SEND_SLICE: usize = 256 * 1024;
+
+impl Cluster {
+    /// Binds the QUIC endpoint. Must run inside a tokio runtime.
+    pub fn bind(config: ClusterConfig, shared: Weak<Shared>) -> Result<Arc<Self>, ClusterError> {
+        let advertise = match config.advertise {
+            Some(a) => a,
+            None if config.listen.ip().is_unspecified() => return Err(ClusterError::NoAdvertiseAddress(config.listen)),
+            None => config.listen,
+        };
+        let identity = Identity::load(&config.certs)?;
+        let server = identity.quic_server(PEER_ALPN, tls::bulk_transport())?;
+        let peer_client = identity.quic_client(PEER_ALPN, tls::bulk_transport())?;
+        let scheduler_client = identity.quic_client(SCHEDULER_ALPN, tls::bulk_transport())?;
+        let mut endpoint = quinn::Endpoint::server(server, config.listen)
+            .map_err(|source| ClusterError::Bind { addr: config.listen, source })?;
+        endpoint.set_default_client_config(peer_client);
+        // Well below the lease, so a scheduler that died (and maybe came back) is noticed
+        // and re-registered with in about a second.
+        let request_timeout = (config.heartbeat / 2).clamp(Duration::from_millis(300), Duration::from_secs(2));
+        let scheduler = SchedulerClient::new(&endpoint, config.scheduler, &config.scheduler_name, scheduler_client)
+            .with_request_timeout(request_timeout);
+        let limiter = match config.max_egress_rate {
+            None => None,
+            Some(rate) => {
+                let rate = u32::try_from(rate).ok().and_then(NonZeroU32::new).ok_or(ClusterError::BadRate)?;
+                let burst = NonZeroU32::new(SEND_SLICE as u32).ok_or(ClusterError::BadRate)?;
+                Some(governor::RateLimiter::direct(governor::Quota::per_second(rate).allow_burst(burst)))
+            }
+        };
+        Ok(Arc::new(Self {
+            config,
+            advertise,
+            endpoint,
+            scheduler,
+            shared,
+            peers: tokio::sync::Mutex::new(HashMap::new()),
+            pulls: std::sync::Mutex::new(HashMap::new()),
+            uploads: AtomicU32::new(0),
+            limiter,
+            stats: ClusterStats::default(),
+            sync_now: tokio::sync::Notify::new(),
+        }))
+    }
+
+    pub fn node_id(&self) -> &str {
+        &self.config.node_id
+    }
+
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.endpoint.local_addr()
+    }
+
+    pub fn scheduler(&self) -> &SchedulerClient {
+        &self.scheduler
+    }
+
+    fn shared(&self) -> Result<Arc<Shared>, PullError> {
+        self.shared.upgrade().ok_or(PullError::ShuttingDown)
+    }
+
+    fn node_info(&self, shared: &Shared) -> NodeInfo {
+        let store = shared.store();
+        NodeInfo {
+            id: self.config.node_id.clone(),
+            addr: self.advertise,
+            labels: self.config.labels.clone(),
+            capacity: store.capacity(),
+            free: store.free(),
+        }
+    }
+
+    pub fn uploads(&self) -> u32 {
+        self.uploads.load(Ordering::Relaxed)
+    }
+
+    /// Asks the announcer to tell the scheduler about our holdings now.
+    pub fn sync_soon(&self) {
+        self.sync_now.notify_one();
+    }
+
+    /// A connection to `node` at `addr`, reusing a live one.
+    pub async fn connect(&self, node: &str, addr: SocketAddr) -> Result<quinn::Connection, String> {
+        let mut peers = self.peers.lock().await;
+        if let Some(conn) = peers.get(node)
+            && conn.close_reason().is_none()
+            && conn.remote_address() == addr
+        {
+            return Ok(conn.clone());
+        }
+        let connecting = self.endpoint.connect(addr, node).map_err(|e| format!("connect to {node} at {addr}: {e}"))?;
+        let conn = tokio::time::timeout(Duration::from_secs(5), connecting)
+            .await
+            .map_err(|_| format!("connect to {node} at {addr}: timed out"))?
+            .map_err(|e| format!("connect to {node} at {addr}: {e}"))?;
+        peers.insert(node.to_owned(), conn.clone());
+        Ok(conn)
+    }
+
+    /// Closes the endpoint and waits (briefly) for peers to learn of it.
+    pub async fn close(&self) {
+        self.endpoint.close(quinn::VarInt::from_u32(0), b"shutting down");
+        self.scheduler.close().await;
+        let _ = tokio::time::timeout(Duration::from_secs(2), self.endpoint.wait_idle()).await;
+    }
+}
+
+impl Cluster {
+    /// Asks `targets` (every live node if `None`) to pull `name`, all at once, and collects
+    /// their reports.
+    pub async fn replicate(
+        self: &Arc<Self>,
+        name: &str,
+        targets: Option<Vec<NodeId>>,
+        timeout: Duration,
+        relay: bool,
+    ) -> Result<Vec<store_client::protocol::ReplicaOutcome>, PullError> {
+        use store_client::cluster::{PeerRequest, PeerResponse};
+        use store_client::protocol::ReplicaOutcome;
+        let nodes = self.scheduler.nodes().await?;
+        let addrs: HashMap<NodeId, SocketAddr> = nodes.iter().map(|n| (n.info.id.clone(), n.info.addr)).collect();
+        let targets = targets.unwrap_or_else(|| nodes.iter().map(|n| n.info.id.clone()).collect());
+        let mut tasks = tokio::task::JoinSet::new();
+        for node in targets {
+            let cluster = self.clone();
+            let name = name.to_owned();
+            let addr = addrs.get(&node).copied();
+            tasks.spawn(async move {
+                let result = if node == cluster.config.node_id {
+                    cluster.pull(&name, timeout, relay).await.map_err(|e| e.to_string())
+                } else {
+                    match addr {
+                        None => Err(format!("{node} is not a live node of the cluster")),
+                        Some(addr) => {
+                            let ask = async {
+                                let conn = cluster.connect(&node, addr).await?;
+                                let req = PeerRequest::Pull { name, timeout_ms: timeout.as_millis() as u64, relay };
+                                match store_client::rpc::call::<_, PeerResponse>(&conn, &req).await {
+                                    Ok((PeerResponse::Pulled(report), _)) => Ok(report),
+                                    Ok((PeerResponse::Error { message }, _)) => Err(message),
+                                    Ok((other, _)) => Err(format!("unexpected answer {other:?}")),
+                                    Err(e) => Err(e.to_string()),
+                                }
+                            };
+                            tokio::time::timeout(timeout + Duration::from_secs(5), ask)
+                                .await
+                                .unwrap_or_else(|_| Err("timed out".into()))
+                        }
+                    }
+                };
+                ReplicaOutcome { node, result }
+            });
+        }
+        let mut outcomes = Vec::new();
+        while let Some(done) = tasks.join_next().await {
+            if let Ok(outcome) = done {
+                outcomes.push(outcome);
+            }
+        }
+        outcomes.sort_by(|a, b| a.node.cmp(&b.node));
+        Ok(outcomes)
+    }
+}

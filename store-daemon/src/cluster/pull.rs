@@ -1,0 +1,420 @@
+//! Pulling an object from peers: the tokio driver of [`PullPlan`]. It only moves bytes:
+//! which chunk to ask whom is the plan's decision.
+//!
+//! Received bytes go straight into the destination memfd (`pwrite`); each chunk is verified
+//! against the manifest before it counts, is served on to other receivers, and only a
+//! complete, verified object is sealed. Any failure drops the partial object.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fs::File;
+use std::net::SocketAddr;
+use std::os::fd::AsFd;
+use std::os::unix::fs::FileExt;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use store_client::cluster::{Location, NodeId, PeerRequest, PeerResponse, PullReport};
+use store_client::manifest::Manifest;
+use store_client::rpc;
+use store_client::sys::{self, ReadOnlyMapping};
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinSet;
+use tracing::{debug, info, warn};
+
+use super::{Cluster, PullError, PullResult};
+use crate::replication::plan::{ChunkFailure, PlanConfig, PullPlan};
+use crate::server::Shared;
+use crate::store::StoreError;
+
+/// How often holders and their chunks are refreshed from the scheduler during a pull.
+const REFRESH: Duration = Duration::from_millis(200);
+/// A chunk stream that delivers nothing for this long is given up, and its peer with it.
+const STALL: Duration = Duration::from_secs(5);
+/// A peer given up is not asked again for this long, even if the scheduler still lists it.
+const QUARANTINE: Duration = Duration::from_secs(15);
+/// A pull with nothing in flight and nothing obtainable for this long fails.
+const STALLED_PULL: Duration = Duration::from_secs(10);
+
+#[derive(Debug)]
+enum FetchError {
+    Corrupt(String),
+    NotHeld,
+    /// The stream or connection failed; `lost` if the peer looks gone.
+    Transport {
+        lost: bool,
+        message: String,
+    },
+}
+
+struct FetchDone {
+    peer: NodeId,
+    index: u64,
+    result: Result<u64, FetchError>,
+}
+
+/// What a chunk fetch needs, shareable with its task.
+#[derive(Clone)]
+struct Target {
+    name: String,
+    file: Arc<File>,
+    mapping: Arc<ReadOnlyMapping>,
+    manifest: Arc<Manifest>,
+}
+
+impl Cluster {
+    /// Pulls `name` into the local store, or joins the pull already under way for it.
+    pub async fn pull(self: &Arc<Self>, name: &str, timeout: Duration, relay: bool) -> PullResult {
+        let (mut rx, leader) = {
+            let mut pulls = self.pulls.lock().unwrap_or_else(|p| p.into_inner());
+            match pulls.get(name) {
+                Some(rx) => (rx.clone(), None),
+                None => {
+                    let (tx, rx) = watch::channel(None);
+                    pulls.insert(name.to_owned(), rx.clone());
+                    (rx, Some(tx))
+                }
+            }
+        };
+        if let Some(tx) = leader {
+            // The transfer runs in its own task so that a requester giving up does not
+            // cancel it for the others.
+            let cluster = self.clone();
+            let owned = name.to_owned();
+            tokio::spawn(async move {
+                let result = cluster.pull_now(&owned, timeout, relay).await;
+                match &result {
+                    Ok(r) => {
+                        cluster.stats.pulls_completed.fetch_add(1, Ordering::Relaxed);
+                        info!(name = %owned, bytes = r.bytes, seconds = r.seconds, "pull complete");
+                    }
+                    Err(e) => {
+                        cluster.stats.pulls_failed.fetch_add(1, Ordering::Relaxed);
+                        warn!(name = %owned, error = %e, "pull failed");
+                    }
+                }
+                cluster.pulls.lock().unwrap_or_else(|p| p.into_inner()).remove(&owned);
+                let _ = tx.send(Some(result));
+            });
+        }
+        let wait = async {
+            loop {
+                if let Some(result) = rx.borrow_and_update().clone() {
+                    return result;
+                }
+                if rx.changed().await.is_err() {
+                    return Err(PullError::ShuttingDown);
+                }
+            }
+        };
+        match tokio::time::timeout(timeout + Duration::from_secs(1), wait).await {
+            Ok(result) => result,
+            Err(_) => Err(PullError::Timeout(name.to_owned())),
+        }
+    }
+
+    async fn locate_others(&self, name: &str) -> Result<Vec<Location>, PullError> {
+        let mut locations = self.scheduler.locate(name).await?;
+        locations.retain(|l| l.node != self.config.node_id);
+        Ok(locations)
+    }
+
+    async fn fetch_manifest(&self, name: &str, locations: &[Location]) -> Result<Manifest, PullError> {
+        let mut last_error = String::from("no holder");
+        for loc in locations {
+            let answer = async {
+                let conn = self.connect(&loc.node, loc.addr).await?;
+                let (resp, _) = rpc::call::<_, PeerResponse>(&conn, &PeerRequest::Manifest { name: name.to_owned() })
+                    .await
+                    .map_err(|e| e.to_string())?;
+                match resp {
+                    PeerResponse::Manifest { manifest, .. } => Ok(manifest),
+                    other => Err(format!("{} answered {other:?}", loc.node)),
+                }
+            };
+            match tokio::time::timeout(Duration::from_secs(10), answer).await {
+                Ok(Ok(m)) => {
+                    // The chunk list must hash to the root the scheduler knows, and the
+                    // manifest must describe the object the holder announced.
+                    match Manifest::from_chunk_hashes(m.size, m.chunk_size, m.chunks.clone()) {
+                        Ok(check) if check.root == m.root && m.root == loc.root && m.size == loc.size => return Ok(m),
+                        _ => last_error = format!("{} sent an inconsistent manifest", loc.node),
+                    }
+                }
+                Ok(Err(e)) => last_error = e,
+                Err(_) => last_error = format!("{} did not answer in time", loc.node),
+            }
+        }
+        Err(PullError::NoManifest { name: name.to_owned(), last_error })
+    }
+
+    async fn pull_now(self: &Arc<Self>, name: &str, timeout: Duration, relay: bool) -> PullResult {
+        let started = Instant::now();
+        let deadline = started + timeout;
+        let shared = self.shared()?;
+        if shared.store().has_sealed(name) {
+            return Ok(self.report(name, 0, started, BTreeMap::new(), true, 0, 0));
+        }
+        let mut locations = self.locate_others(name).await?;
+        if locations.is_empty() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(PullError::NotFound(name.to_owned()));
+            }
+            match self.scheduler.wait(name, left).await {
+                Ok(_) => locations = self.locate_others(name).await?,
+                Err(store_client::scheduler_client::SchedulerClientError::NotAvailable(_)) => {
+                    return Err(PullError::NotFound(name.to_owned()));
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        locations.sort_by_key(|l| !l.is_complete());
+        let manifest = self.fetch_manifest(name, &locations).await?;
+        let size = manifest.size;
+
+        shared.store().check_room(size).map_err(|e| PullError::Store(e.to_string()))?;
+        let fd = sys::create_memfd(size).map_err(|e| PullError::Io(e.to_string()))?;
+        let mapping = ReadOnlyMapping::new_exclusive(fd.as_fd(), size).map_err(|e| PullError::Io(e.to_string()))?;
+        let file = Arc::new(File::from(fd.try_clone().map_err(|e| PullError::Io(e.to_string()))?));
+        let begun = shared.store().begin_receive(name, manifest.clone(), fd, mapping);
+        let id = match begun {
+            Ok((id, _evicted)) => id,
+            Err(StoreError::AlreadyExists(_)) => return Ok(self.report(name, 0, started, BTreeMap::new(), true, 0, 0)),
+            Err(e) => return Err(PullError::Store(e.to_string())),
+        };
+        let Some(view) = shared.store().peer_view(name) else {
+            return Err(PullError::Store("object vanished while starting to receive it".into()));
+        };
+        let target = Target { name: name.to_owned(), file, mapping: view.mapping, manifest: Arc::new(manifest) };
+        self.sync_soon();
+
+        let outcome = self.drive(&shared, id, &target, locations, deadline, relay).await;
+        let result = match outcome {
+            Ok((from, corrupt, retries)) => self
+                .seal_received(&shared, id, name)
+                .map(|()| self.report(name, size, started, from, false, corrupt, retries)),
+            Err(e) => Err(e),
+        };
+        if result.is_err() {
+            shared.store().abort_receive(id);
+        }
+        self.sync_soon();
+        result
+    }
+
+    fn seal_received(&self, shared: &Shared, id: u64, name: &str) -> Result<(), PullError> {
+        let segment =
+            shared.store().receiving_segment(id).ok_or_else(|| PullError::Store(format!("{name:?} was dropped")))?;
+        sys::seal_immutable(segment.as_fd()).map_err(|e| PullError::Io(e.to_string()))?;
+        shared.store().finish_receive(id).map_err(|e| PullError::Store(e.to_string()))?;
+        shared.notify_sealed();
+        Ok(())
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn report(
+        &self,
+        name: &str,
+        bytes: u64,
+        started: Instant,
+        from: BTreeMap<NodeId, u64>,
+        already_present: bool,
+        corrupt_chunks: u64,
+        retries: u64,
+    ) -> PullReport {
+        PullReport {
+            node: self.config.node_id.clone(),
+            name: name.to_owned(),
+            bytes,
+            seconds: started.elapsed().as_secs_f64(),
+            from,
+            already_present,
+            corrupt_chunks,
+            retries,
+        }
+    }
+
+    /// Updates the plan from the scheduler's view; returns peer addresses.
+    fn apply_locations(
+        &self,
+        plan: &mut PullPlan,
+        locations: &[Location],
+        addrs: &mut HashMap<NodeId, SocketAddr>,
+        quarantine: &HashMap<NodeId, Instant>,
+        relay: bool,
+        now: Instant,
+    ) {
+        let mut pulling: Vec<&str> = vec![self.config.node_id.as_str()];
+        for loc in locations {
+            if loc.chunks.len() != plan.chunk_count() {
+                continue;
+            }
+            let complete = loc.is_complete();
+            if !complete {
+                pulling.push(&loc.node);
+            }
+            if !relay && !complete {
+                continue;
+            }
+            if quarantine.get(&loc.node).is_some_and(|until| *until > now) {
+                continue;
+            }
+            addrs.insert(loc.node.clone(), loc.addr);
+            if loc.chunks.count() > 0 {
+                plan.update_peer(&loc.node, loc.chunks.clone(), 0);
+            }
+        }
+        if relay {
+            pulling.sort_unstable();
+            pulling.dedup();
+            let rank = pulling.iter().position(|n| *n == self.config.node_id).unwrap_or(0);
+            plan.set_stripe(rank as u64, pulling.len() as u64);
+        }
+    }
+
+    async fn drive(
+        self: &Arc<Self>,
+        shared: &Shared,
+        id: u64,
+        target: &Target,
+        locations: Vec<Location>,
+        deadline: Instant,
+        relay: bool,
+    ) -> Result<(BTreeMap<NodeId, u64>, u64, u64), PullError> {
+        let manifest = &target.manifest;
+        let mut plan = PullPlan::new(manifest.size, manifest.chunk_size, PlanConfig::default());
+        let mut addrs = HashMap::new();
+        let mut quarantine: HashMap<NodeId, Instant> = HashMap::new();
+        self.apply_locations(&mut plan, &locations, &mut addrs, &quarantine, relay, Instant::now());
+        let (tx, mut rx) = mpsc::channel::<FetchDone>(256);
+        let mut tasks = JoinSet::new();
+        let mut refresh = tokio::time::interval(REFRESH);
+        refresh.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut in_flight = 0usize;
+        let mut idle_since: Option<Instant> = None;
+        let mut corrupt = 0u64;
+        while !plan.is_complete() {
+            let now = Instant::now();
+            for req in plan.poll_requests(now) {
+                let Some(&addr) = addrs.get(&req.peer) else {
+                    plan.chunk_failed(&req.peer, req.index, ChunkFailure::NotHeld);
+                    continue;
+                };
+                in_flight += 1;
+                let cluster = self.clone();
+                let target = target.clone();
+                let tx = tx.clone();
+                tasks.spawn(async move {
+                    let result = match cluster.connect(&req.peer, addr).await {
+                        Ok(conn) => fetch_chunk(&conn, &target, req.index).await,
+                        Err(message) => Err(FetchError::Transport { lost: true, message }),
+                    };
+                    let _ = tx.send(FetchDone { peer: req.peer, index: req.index, result }).await;
+                });
+            }
+            if in_flight == 0 && plan.unreachable_chunks() > 0 {
+                let since = *idle_since.get_or_insert(now);
+                if now.duration_since(since) > STALLED_PULL {
+                    return Err(PullError::Stalled { name: target.name.clone(), missing: plan.unreachable_chunks() });
+                }
+            } else {
+                idle_since = None;
+            }
+            tokio::select! {
+                Some(done) = rx.recv() => {
+                    in_flight -= 1;
+                    match done.result {
+                        Ok(bytes) => {
+                            shared.store().chunk_received(id, done.index);
+                            plan.chunk_done(&done.peer, done.index);
+                            self.stats.chunks_received.fetch_add(1, Ordering::Relaxed);
+                            self.stats.bytes_received.fetch_add(bytes, Ordering::Relaxed);
+                        }
+                        Err(FetchError::Corrupt(why)) => {
+                            warn!(peer = %done.peer, index = done.index, %why, "corrupt chunk rejected");
+                            corrupt += 1;
+                            self.stats.corrupt_chunks.fetch_add(1, Ordering::Relaxed);
+                            self.stats.retries.fetch_add(1, Ordering::Relaxed);
+                            plan.chunk_failed(&done.peer, done.index, ChunkFailure::Corrupt);
+                        }
+                        Err(FetchError::NotHeld) => {
+                            self.stats.retries.fetch_add(1, Ordering::Relaxed);
+                            plan.chunk_failed(&done.peer, done.index, ChunkFailure::NotHeld);
+                        }
+                        Err(FetchError::Transport { lost, message }) => {
+                            debug!(peer = %done.peer, index = done.index, %message, lost, "chunk fetch failed");
+                            self.stats.retries.fetch_add(1, Ordering::Relaxed);
+                            plan.chunk_failed(&done.peer, done.index, ChunkFailure::Transport);
+                            if lost {
+                                plan.peer_lost(&done.peer);
+                                quarantine.insert(done.peer.clone(), Instant::now() + QUARANTINE);
+                            }
+                        }
+                    }
+                }
+                _ = refresh.tick() => {
+                    plan.handle_timeouts(Instant::now());
+                    match self.locate_others(&target.name).await {
+                        Ok(locations) => {
+                            self.apply_locations(&mut plan, &locations, &mut addrs, &quarantine, relay, Instant::now());
+                        }
+                        Err(e) => debug!(error = %e, "refreshing holders failed; keeping the ones known"),
+                    }
+                }
+                _ = tokio::time::sleep_until(deadline.into()) => {
+                    tasks.abort_all();
+                    return Err(PullError::Timeout(target.name.clone()));
+                }
+            }
+        }
+        tasks.abort_all();
+        let from = plan.bytes_by_peer().map(|(p, b)| (p.to_owned(), b)).collect();
+        Ok((from, corrupt, plan.stats().retries))
+    }
+}
+
+async fn fetch_chunk(conn: &quinn::Connection, target: &Target, index: u64) -> Result<u64, FetchError> {
+    let transport = |message: String| FetchError::Transport { lost: false, message };
+    let range = target.manifest.chunk_range(index);
+    let len = range.end - range.start;
+    let request = PeerRequest::Chunk { name: target.name.clone(), index };
+    let (resp, mut recv) = tokio::time::timeout(STALL, rpc::call::<_, PeerResponse>(conn, &request))
+        .await
+        .map_err(|_| FetchError::Transport { lost: true, message: "no answer".into() })?
+        .map_err(|e| FetchError::Transport { lost: conn.close_reason().is_some(), message: e.to_string() })?;
+    match resp {
+        PeerResponse::Chunk { len: l, .. } if l == len => {}
+        PeerResponse::Chunk { len: l, .. } => {
+            return Err(FetchError::Corrupt(format!("{l} bytes announced, {len} expected")));
+        }
+        PeerResponse::NotHeld => return Err(FetchError::NotHeld),
+        other => return Err(transport(format!("unexpected answer {other:?}"))),
+    }
+    let mut written = 0u64;
+    while written < len {
+        let piece = tokio::time::timeout(STALL, recv.read_chunk((len - written) as usize, true))
+            .await
+            .map_err(|_| FetchError::Transport { lost: true, message: format!("stalled for {STALL:?}") })?
+            .map_err(|e| FetchError::Transport { lost: conn.close_reason().is_some(), message: e.to_string() })?;
+        let Some(piece) = piece else {
+            return Err(transport(format!("stream ended after {written} of {len} bytes")));
+        };
+        target
+            .file
+            .write_all_at(&piece.bytes, range.start + written)
+            .map_err(|e| transport(format!("writing the chunk: {e}")))?;
+        written += piece.bytes.len() as u64;
+    }
+    let (mapping, manifest) = (target.mapping.clone(), target.manifest.clone());
+    let verified = tokio::task::spawn_blocking(move || {
+        manifest.verify_chunk(index, &mapping[range.start as usize..range.end as usize])
+    })
+    .await
+    .map_err(|e| transport(format!("verification task failed: {e}")))?;
+    match verified {
+        Ok(true) => Ok(len),
+        Ok(false) => Err(FetchError::Corrupt("hash mismatch".into())),
+        Err(e) => Err(FetchError::Corrupt(e.to_string())),
+    }
+}

@@ -1,0 +1,154 @@
+//! Serving peers: manifests, chunk bitmaps and chunk bytes of the objects this node holds
+//! (also those it is still receiving), and pulls asked for by `storectl replicate`.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use store_client::cluster::{PeerRequest, PeerResponse};
+use store_client::rpc::{self, RpcError};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{debug, warn};
+
+use super::{Cluster, SEND_SLICE};
+
+/// Accepts peer connections until `shutdown`.
+pub async fn accept_loop(cluster: Arc<Cluster>, shutdown: CancellationToken, tracker: TaskTracker) {
+    loop {
+        let incoming = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            incoming = cluster.endpoint.accept() => incoming,
+        };
+        let Some(incoming) = incoming else { return };
+        let cluster = cluster.clone();
+        let shutdown = shutdown.clone();
+        tracker.spawn(async move {
+            let conn = match incoming.await {
+                Ok(conn) => conn,
+                Err(e) => {
+                    // A peer without a certificate from our CA ends here.
+                    warn!(error = %e, "refused a QUIC connection");
+                    return;
+                }
+            };
+            serve_connection(cluster, conn, shutdown).await;
+        });
+    }
+}
+
+async fn serve_connection(cluster: Arc<Cluster>, conn: quinn::Connection, shutdown: CancellationToken) {
+    let streams = TaskTracker::new();
+    loop {
+        let stream = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            stream = conn.accept_bi() => stream,
+        };
+        match stream {
+            Ok((send, recv)) => {
+                let cluster = cluster.clone();
+                streams.spawn(async move {
+                    if let Err(e) = serve_stream(&cluster, send, recv).await {
+                        debug!(error = %e, "peer stream ended with an error");
+                    }
+                });
+            }
+            Err(e) => {
+                debug!(peer = %conn.remote_address(), error = %e, "peer connection closed");
+                break;
+            }
+        }
+    }
+    streams.close();
+    streams.wait().await;
+}
+
+struct UploadGuard<'a>(&'a Cluster);
+
+impl Drop for UploadGuard<'_> {
+    fn drop(&mut self) {
+        self.0.uploads.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+async fn serve_stream(
+    cluster: &Arc<Cluster>,
+    mut send: quinn::SendStream,
+    mut recv: quinn::RecvStream,
+) -> Result<(), RpcError> {
+    let request: PeerRequest = match rpc::read_frame(&mut recv).await {
+        Ok(r) => r,
+        Err(RpcError::Malformed(m)) => {
+            rpc::write_frame(&mut send, &PeerResponse::Error { message: format!("malformed request: {m}") }).await?;
+            send.finish()?;
+            return Ok(());
+        }
+        Err(e) => return Err(e),
+    };
+    let Some(shared) = cluster.shared.upgrade() else {
+        rpc::write_frame(&mut send, &PeerResponse::Error { message: "shutting down".into() }).await?;
+        return Ok(());
+    };
+    match request {
+        PeerRequest::Manifest { name } => {
+            let view = shared.store().peer_view(&name);
+            let resp = match view {
+                Some(v) => {
+                    PeerResponse::Manifest { manifest: (*v.manifest).clone(), held: v.held, uploads: cluster.uploads() }
+                }
+                None => PeerResponse::NotHeld,
+            };
+            rpc::write_frame(&mut send, &resp).await?;
+        }
+        PeerRequest::Have { name } => {
+            let resp = match shared.store().peer_view(&name) {
+                Some(v) => PeerResponse::Have { held: v.held, uploads: cluster.uploads() },
+                None => PeerResponse::NotHeld,
+            };
+            rpc::write_frame(&mut send, &resp).await?;
+        }
+        PeerRequest::Chunk { name, index } => {
+            let view = shared.store().peer_view(&name);
+            drop(shared);
+            let Some(view) = view.filter(|v| v.held.contains(index)) else {
+                rpc::write_frame(&mut send, &PeerResponse::NotHeld).await?;
+                send.finish()?;
+                return Ok(());
+            };
+            cluster.uploads.fetch_add(1, Ordering::Relaxed);
+            let _upload = UploadGuard(cluster);
+            let range = view.manifest.chunk_range(index);
+            let bytes = &view.mapping[range.start as usize..range.end as usize];
+            rpc::write_frame(&mut send, &PeerResponse::Chunk { len: bytes.len() as u64, uploads: cluster.uploads() })
+                .await?;
+            for (n, piece) in bytes.chunks(SEND_SLICE).enumerate() {
+                if let Some(limiter) = &cluster.limiter
+                    && let Some(cells) = std::num::NonZeroU32::new(piece.len() as u32)
+                {
+                    // Pieces never exceed the burst, so this cannot fail.
+                    let _ = limiter.until_n_ready(cells).await;
+                }
+                if cluster.config.corrupt_served_chunks && n == 0 {
+                    let mut bad = piece.to_vec();
+                    bad[0] ^= 0xff;
+                    send.write_all(&bad).await?;
+                } else {
+                    send.write_all(piece).await?;
+                }
+            }
+            cluster.stats.chunks_sent.fetch_add(1, Ordering::Relaxed);
+            cluster.stats.bytes_sent.fetch_add(bytes.len() as u64, Ordering::Relaxed);
+        }
+        PeerRequest::Pull { name, timeout_ms, relay } => {
+            drop(shared);
+            let timeout = Duration::from_millis(timeout_ms);
+            let resp = match cluster.pull(&name, timeout, relay).await {
+                Ok(report) => PeerResponse::Pulled(report),
+                Err(e) => PeerResponse::Error { message: e.to_string() },
+            };
+            rpc::write_frame(&mut send, &resp).await?;
+        }
+    }
+    send.finish()?;
+    Ok(())
+}
