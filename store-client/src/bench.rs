@@ -163,6 +163,30 @@ fn latency(client: &StoreClient, name: &str, label: String, iterations: usize) -
     Ok(Latency { name: label, p50_us: percentile(&samples, 0.5), p99_us: percentile(&samples, 0.99), iterations })
 }
 
+/// Round trips per second of a bare 32-byte ping-pong over a unix socketpair between two
+/// threads: the floor of any request that waits for an answer on this machine.
+fn reference_socket_round_trips(duration: Duration) -> Result<f64> {
+    use std::os::unix::net::UnixStream;
+    let (mut a, mut b) = UnixStream::pair()?;
+    let echo = std::thread::spawn(move || {
+        let mut buf = [0u8; 32];
+        while b.read_exact(&mut buf).is_ok() {
+            if b.write_all(&buf).is_err() {
+                break;
+            }
+        }
+    });
+    let mut buf = [0u8; 32];
+    let rate = calls_per_second(duration, |_| {
+        a.write_all(&buf)?;
+        a.read_exact(&mut buf)?;
+        Ok(())
+    })?;
+    drop(a);
+    let _ = echo.join();
+    Ok(rate)
+}
+
 /// write() of `data` into a fresh memfd: the page-allocation bound of any put.
 fn reference_memfd_write(data: &[u8]) -> Result<f64> {
     let fd = crate::sys::create_memfd(0)?;
@@ -223,6 +247,12 @@ pub fn run(cfg: &BenchConfig, mut progress: impl FnMut(&str)) -> Result<BenchRep
     results.push(Rate {
         name: "get calls/s, 4 clients, 1 KiB",
         value: multi_client_get_calls(&cfg.socket, &small, 4, cfg.duration)?,
+        unit: "calls/s",
+    });
+    progress("reference: unix socket round trips");
+    references.push(Rate {
+        name: "bare unix-socket round trips (floor of any get)",
+        value: reference_socket_round_trips(cfg.duration)?,
         unit: "calls/s",
     });
     progress("get latency (1 KiB)");

@@ -84,9 +84,8 @@ impl Connection {
                 return Ok((resp, fd));
             }
             let spare = self.frames.spare(64 * 1024);
-            let spare_len = spare.len();
             let n = sys::recv_with_fds(self.stream.as_fd(), spare, &mut self.fds)?;
-            self.frames.filled(spare_len, n);
+            self.frames.filled(n);
             if n == 0 {
                 self.frames.finish()?;
                 return Err(ClientError::Io(io::Error::new(

@@ -37,11 +37,13 @@ pub fn decode<T: DeserializeOwned>(body: &[u8]) -> Result<T, FrameError> {
     postcard::from_bytes(body).map_err(|e| FrameError::Malformed(e.to_string()))
 }
 
-/// Accumulates bytes and yields complete frame bodies.
+/// Accumulates bytes and yields complete frame bodies. The buffer is zeroed once when it
+/// grows, not on every read: reads land in `buf[end..]`.
 #[derive(Debug, Default)]
 pub struct FrameBuffer {
     buf: Vec<u8>,
     start: usize,
+    end: usize,
 }
 
 impl FrameBuffer {
@@ -49,34 +51,37 @@ impl FrameBuffer {
         Self::default()
     }
 
-    /// Space to read into; call [`FrameBuffer::filled`] with the count read.
+    /// Space to read into (at least `at_least` bytes); call [`FrameBuffer::filled`] with the
+    /// count read.
     pub fn spare(&mut self, at_least: usize) -> &mut [u8] {
-        if self.start > 0 && self.start == self.buf.len() {
-            self.buf.clear();
+        if self.start == self.end {
             self.start = 0;
-        } else if self.start > 64 * 1024 {
-            self.buf.drain(..self.start);
+            self.end = 0;
+        } else if self.start > 0 && self.buf.len() - self.end < at_least {
+            self.buf.copy_within(self.start..self.end, 0);
+            self.end -= self.start;
             self.start = 0;
         }
-        let len = self.buf.len();
-        self.buf.resize(len + at_least, 0);
-        &mut self.buf[len..]
+        if self.buf.len() - self.end < at_least {
+            let grown = (self.end + at_least).max(self.buf.len() * 2);
+            self.buf.resize(grown, 0);
+        }
+        &mut self.buf[self.end..]
     }
 
-    /// Marks `n` bytes of the last [`FrameBuffer::spare`] as read and drops the rest.
-    pub fn filled(&mut self, spare_len: usize, n: usize) {
-        let len = self.buf.len();
-        self.buf.truncate(len - spare_len + n);
+    /// Marks `n` bytes of the last [`FrameBuffer::spare`] as read.
+    pub fn filled(&mut self, n: usize) {
+        self.end = (self.end + n).min(self.buf.len());
     }
 
     /// Bytes received but not yet returned as frames.
     pub fn buffered(&self) -> usize {
-        self.buf.len() - self.start
+        self.end - self.start
     }
 
     /// The next complete frame body, if one is buffered.
     pub fn next_frame(&mut self) -> Result<Option<&[u8]>, FrameError> {
-        let avail = &self.buf[self.start..];
+        let avail = &self.buf[self.start..self.end];
         if avail.len() < HEADER_LEN {
             return Ok(None);
         }
@@ -110,9 +115,8 @@ mod tests {
 
     fn feed(fb: &mut FrameBuffer, bytes: &[u8]) {
         let spare = fb.spare(bytes.len());
-        let n = spare.len();
-        spare.copy_from_slice(bytes);
-        fb.filled(n, bytes.len());
+        spare[..bytes.len()].copy_from_slice(bytes);
+        fb.filled(bytes.len());
     }
 
     #[test]

@@ -165,19 +165,15 @@ impl Connection {
         loop {
             self.stream.readable().await?;
             let spare = self.frames.spare(64 * 1024);
-            let spare_len = spare.len();
             let stream = &self.stream;
             let fds = &mut self.fds;
             match stream.try_io(Interest::READABLE, || sys::recv_with_fds(stream.as_fd(), spare, fds)) {
                 Ok(n) => {
-                    self.frames.filled(spare_len, n);
+                    self.frames.filled(n);
                     return Ok(n);
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.frames.filled(spare_len, 0),
-                Err(e) => {
-                    self.frames.filled(spare_len, 0);
-                    return Err(e);
-                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => return Err(e),
             }
         }
     }

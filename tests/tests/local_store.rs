@@ -121,10 +121,9 @@ impl RawConn {
                 return Some(frame::decode(body).expect("daemon sent a valid response"));
             }
             let spare = self.frames.spare(64 * 1024);
-            let spare_len = spare.len();
             let n = sys::recv_with_fds(self.stream.as_fd(), spare, &mut self.fds)
                 .expect("receive from the daemon (timed out?)");
-            self.frames.filled(spare_len, n);
+            self.frames.filled(n);
             if n == 0 {
                 self.frames.finish().expect("daemon closed inside a frame");
                 return None;
