@@ -230,6 +230,37 @@ impl StoreClient {
         }
     }
 
+    /// Stores every regular file under `dir` (recursively) as `PREFIX/relative/path`, e.g. a
+    /// model directory as `models/m/config.json`, `models/m/model.safetensors`, ...
+    pub fn put_dir(&self, dir: impl AsRef<Path>, prefix: &str, opts: PutOptions) -> Result<Vec<ObjectInfo>> {
+        let dir = dir.as_ref();
+        let mut files = Vec::new();
+        let mut pending = vec![dir.to_path_buf()];
+        while let Some(d) = pending.pop() {
+            for entry in std::fs::read_dir(&d)? {
+                let entry = entry?;
+                let kind = entry.file_type()?;
+                if kind.is_dir() {
+                    pending.push(entry.path());
+                } else if kind.is_file() {
+                    files.push(entry.path());
+                }
+            }
+        }
+        files.sort();
+        let prefix = prefix.trim_end_matches('/');
+        let mut stored = Vec::with_capacity(files.len());
+        for path in files {
+            let relative = path.strip_prefix(dir).map_err(|_| ClientError::Protocol("path outside DIR".into()))?;
+            let relative = relative
+                .to_str()
+                .ok_or_else(|| ClientError::Protocol(format!("{} is not UTF-8", relative.display())))?;
+            let name = if prefix.is_empty() { relative.to_owned() } else { format!("{prefix}/{relative}") };
+            stored.push(self.put_file(&name, &path, opts)?);
+        }
+        Ok(stored)
+    }
+
     /// Reserves `size` bytes under `name` to fill in place, then [`WritableObject::seal`].
     pub fn create(&self, name: &str, size: u64, opts: PutOptions) -> Result<WritableObject> {
         name::validate(name)?;

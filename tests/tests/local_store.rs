@@ -824,3 +824,18 @@ fn sigterm_exits_successfully_and_removes_the_socket() {
     assert!(!moved.join("store.sock").exists(), "the daemon removed its socket");
     assert!(client.list().is_err(), "the connection is closed");
 }
+
+#[test]
+fn put_dir_stores_every_file_under_the_prefix() {
+    let daemon = DaemonProcess::start("64MiB", &[]).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("sub")).unwrap();
+    std::fs::write(dir.path().join("config.json"), b"{}").unwrap();
+    std::fs::write(dir.path().join("sub/weights.bin"), pattern(70_000, 9)).unwrap();
+    let client = daemon.client().unwrap();
+    let stored = client.put_dir(dir.path(), "models/m/", PutOptions::default()).unwrap();
+    let names: Vec<_> = stored.iter().map(|i| i.name.as_str()).collect();
+    assert_eq!(names, ["models/m/config.json", "models/m/sub/weights.bin"]);
+    let weights = client.get("models/m/sub/weights.bin", Duration::ZERO).unwrap();
+    assert_eq!(&weights[..], &pattern(70_000, 9)[..]);
+}

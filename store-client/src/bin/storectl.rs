@@ -34,6 +34,14 @@ enum Command {
         #[arg(long)]
         evictable: bool,
     },
+    /// Store every file under DIR as PREFIX/relative/path (e.g. a model directory).
+    PutDir {
+        dir: PathBuf,
+        #[arg(long)]
+        prefix: String,
+        #[arg(long)]
+        evictable: bool,
+    },
     /// Write an object to a file or standard output.
     Get {
         name: String,
@@ -154,6 +162,14 @@ fn main() -> anyhow::Result<()> {
                     info.size as f64 / secs / 1e9,
                     info.digest.map(|d| d.to_hex()).unwrap_or_default()
                 );
+            }
+        }
+        Command::PutDir { dir, prefix, evictable } => {
+            let stored = connect()?.put_dir(&dir, &prefix, PutOptions { evictable })?;
+            if cli.json {
+                println!("{}", serde_json::Value::Array(stored.iter().map(ctl::object_json).collect()));
+            } else {
+                print!("{}", ctl::object_table(&stored));
             }
         }
         Command::Get { name, output, timeout } => {
