@@ -1,10 +1,13 @@
 //! The contract crate of the object store.
 //!
 //! Everything two parts of the system must agree on lives here: object names
-//! ([`name`]), BLAKE3 chunk manifests ([`manifest`]), the local socket protocol and its
-//! framing ([`protocol`], [`frame`]), the only code that touches memfds, mappings and
-//! `SCM_RIGHTS` ([`sys`]), and the local client applications link ([`client`]).
-//! `storectl` and its microbenchmark ([`bench`]) are thin layers over the client.
+//! ([`name`]), BLAKE3 chunk manifests ([`manifest`], [`chunkset`]), the local socket
+//! protocol and its framing ([`protocol`], [`frame`]), the cluster's wire types
+//! ([`cluster`]) and QUIC request/response helpers ([`rpc`]), mutual-TLS identities
+//! ([`tls`]), the only code that touches memfds, mappings and `SCM_RIGHTS` ([`sys`]), the
+//! local client applications link ([`client`]) and the scheduler's async client
+//! ([`scheduler_client`]). `storectl` and its microbenchmark ([`bench`], [`ctl`]) are thin
+//! layers over the client.
 
 pub mod bench;
 pub mod chunkset;

@@ -3,7 +3,9 @@
 //! It owns the node's objects, one sealed memfd each ([`store`] keeps their names, sizes,
 //! leases and the capacity budget as plain state), and serves local clients over a unix
 //! socket with descriptor passing ([`server`], [`connection`]). Filling, sealing and
-//! hashing objects is in [`ingest`]; configuration in [`config`].
+//! hashing objects is in [`ingest`]; configuration in [`config`]. With a cluster
+//! configured it also replicates objects with its peers over QUIC ([`cluster`]), deciding
+//! which chunk to fetch from whom with the pure state machine in [`replication`].
 
 pub mod cluster;
 pub mod config;
