@@ -234,6 +234,7 @@ impl Connection {
             Request::Delete { name } => {
                 check_name(&name)?;
                 self.shared.store().delete(&name)?;
+                self.shared.holdings_changed();
                 Ok((Response::Done, None))
             }
             Request::List => Ok((Response::Listing(self.shared.store().list()), None)),

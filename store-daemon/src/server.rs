@@ -66,8 +66,18 @@ impl Shared {
         self.store.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// An object was sealed here: wake local waiters and tell the scheduler soon.
     pub fn notify_sealed(&self) {
         self.sealed.send_modify(|n| *n += 1);
+        self.holdings_changed();
+    }
+
+    /// What this node holds changed: the scheduler should hear of it without waiting for
+    /// the next periodic sync.
+    pub fn holdings_changed(&self) {
+        if let Some(cluster) = self.cluster() {
+            cluster.sync_soon();
+        }
     }
 
     pub fn subscribe_sealed(&self) -> watch::Receiver<u64> {
