@@ -1,7 +1,7 @@
 //! Where the model's three files come from: a directory (the weights mapped read-only), the
 //! node's store (`store://PREFIX`: objects `PREFIX/config.json`, `PREFIX/model.safetensors`,
 //! `PREFIX/vocab.json`, each a read-only shared mapping of the daemon's sealed memfd), or S3
-//! (not available until the S3 issue lands).
+//! (`s3://BUCKET/PREFIX`: the same three files downloaded into this process's memory).
 //!
 //! PyTorch `.bin` checkpoints are not read: they are pickles whose tensors live in a zip
 //! archive, possibly compressed and with unaligned members, so using them in place would need
@@ -23,8 +23,12 @@ pub const VOCAB_FILE: &str = "vocab.json";
 
 #[derive(Debug, Error)]
 pub enum SourceError {
-    #[error("S3 source not available yet (see the S3 issue): {0}")]
-    S3NotAvailable(String),
+    #[error("S3 model source {url}: {source}")]
+    S3 {
+        url: String,
+        #[source]
+        source: store_client::s3::S3Error,
+    },
     #[error("cannot open {path}: {source}")]
     File {
         path: PathBuf,
@@ -112,7 +116,7 @@ pub struct ModelFiles {
     pub config: Bytes,
     pub weights: Bytes,
     pub vocab: Bytes,
-    /// `dir`, `store`.
+    /// `dir`, `store`, `s3`.
     pub kind: &'static str,
     /// Time to get the three files into the address space.
     pub transfer: Duration,
@@ -127,7 +131,7 @@ impl ModelFiles {
                 let client = StoreClient::connect_default().map_err(SourceError::Connect)?;
                 Self::open_store(&client, prefix, store_timeout)
             }
-            ModelSource::S3(url) => Err(SourceError::S3NotAvailable(url.clone())),
+            ModelSource::S3(url) => Self::open_s3(url),
         }
     }
 
@@ -165,6 +169,24 @@ impl ModelFiles {
         Ok(Self { config, weights, vocab, kind: "store", transfer: start.elapsed(), _client: Some(client.clone()) })
     }
 
+    /// Downloads the three files under `s3://BUCKET/PREFIX` into this process's memory with
+    /// the store's S3 engine (settings from `STORE_S3_*` and the AWS environment): the
+    /// comparison case, where every consumer pays a full download.
+    pub fn open_s3(url: &str) -> Result<Self, SourceError> {
+        use store_client::s3::{S3Config, S3Url, download_prefix_blocking};
+        let start = Instant::now();
+        let s3_err = |source| SourceError::S3 { url: url.to_owned(), source };
+        let prefix: S3Url = url.parse().map_err(s3_err)?;
+        let config = S3Config::from_env().map_err(s3_err)?;
+        let mut files = download_prefix_blocking(config, &prefix, &[CONFIG_FILE, WEIGHTS_FILE, VOCAB_FILE])
+            .map_err(s3_err)?
+            .into_iter()
+            .map(|(bytes, _)| Bytes::Owned(bytes));
+        let mut next = || files.next().ok_or_else(|| SourceError::Invalid(url.to_owned()));
+        let (config, weights, vocab) = (next()?, next()?, next()?);
+        Ok(Self { config, weights, vocab, kind: "s3", transfer: start.elapsed(), _client: None })
+    }
+
     /// Bytes of all three files.
     pub fn total_bytes(&self) -> usize {
         self.config.len() + self.weights.len() + self.vocab.len()
@@ -185,9 +207,9 @@ mod tests {
     }
 
     #[test]
-    fn s3_says_it_is_not_available_yet() {
-        let e = ModelFiles::open(&ModelSource::S3("s3://b/p".into()), Duration::from_secs(1)).unwrap_err();
-        assert!(e.to_string().starts_with("S3 source not available yet (see the S3 issue)"), "{e}");
+    fn a_bad_s3_url_is_a_clear_error() {
+        let e = ModelFiles::open(&ModelSource::S3("s3://".into()), Duration::from_secs(1)).unwrap_err();
+        assert!(e.to_string().starts_with("S3 model source s3://: invalid S3 URL"), "{e}");
     }
 
     #[test]

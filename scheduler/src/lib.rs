@@ -9,7 +9,10 @@
 //! Placement (ranking nodes for a task by the bytes it still needs there, the bandwidth
 //! feeding that node, and its load) is still to come.
 
+pub mod metrics;
+pub mod placement;
 pub mod server;
+pub mod service;
 pub mod table;
 
 pub use server::{Scheduler, SchedulerConfig, ServerError};

@@ -36,6 +36,9 @@ struct Args {
     /// Accept node messages whatever name the connection's certificate carries.
     #[arg(long, env = "STORE_SCHEDULER_ANY_NODE_NAME")]
     any_node_name: bool,
+    /// TCP address for Prometheus `/metrics`, e.g. 127.0.0.1:9700 [default: no metrics endpoint].
+    #[arg(long, env = "STORE_METRICS_ADDR")]
+    metrics_addr: Option<SocketAddr>,
     /// Log filter, in tracing's EnvFilter syntax.
     #[arg(long, env = "STORE_LOG", default_value = "info")]
     log: String,
@@ -55,19 +58,17 @@ fn cert_paths(args: &Args) -> anyhow::Result<CertPaths> {
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_new(&args.log).context("bad --log filter")?)
-        .with_writer(std::io::stderr)
-        .with_ansi(false)
-        .init();
+    scheduler::service::init_logging(&args.log).context("bad --log filter")?;
     anyhow::ensure!(args.lease_ms > 0, "--lease-ms must be positive");
     let mut config = SchedulerConfig::new(args.listen, cert_paths(&args)?);
     config.lease = Duration::from_millis(args.lease_ms);
     config.check_node_names = !args.any_node_name;
+    config.metrics_addr = args.metrics_addr;
 
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(async move {
         let scheduler = Scheduler::bind(config)?;
+        scheduler::service::notify_ready(&format!("serving on {}", scheduler.local_addr()));
         let shutdown = CancellationToken::new();
         tokio::spawn(scheduler::cancel_on_signals(shutdown.clone()));
         scheduler.run(shutdown).await;

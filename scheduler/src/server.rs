@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 
 use rustls::pki_types::{CertificateDer, ServerName};
 use store_client::cluster::{SCHEDULER_ALPN, SchedulerRequest, SchedulerResponse};
+use store_client::metrics::server::{MetricsServer, Render};
 use store_client::rpc::{self, RpcError};
 use store_client::tls::{self, CertPaths, Identity, TlsError};
 use thiserror::Error;
@@ -27,6 +28,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
+use crate::metrics::SchedulerMetrics;
 use crate::table::{DEFAULT_LEASE, Effect, Table, TableError};
 
 /// Longest a client may take to send its request once it opened a stream.
@@ -44,11 +46,13 @@ pub struct SchedulerConfig {
     pub lease: Duration,
     /// Require node-scoped requests to come with a certificate valid for the node id.
     pub check_node_names: bool,
+    /// TCP address of the Prometheus `/metrics` endpoint; `None` serves none.
+    pub metrics_addr: Option<SocketAddr>,
 }
 
 impl SchedulerConfig {
     pub fn new(listen: SocketAddr, certs: CertPaths) -> Self {
-        Self { listen, certs, lease: DEFAULT_LEASE, check_node_names: true }
+        Self { listen, certs, lease: DEFAULT_LEASE, check_node_names: true, metrics_addr: None }
     }
 }
 
@@ -62,6 +66,12 @@ pub enum ServerError {
         #[source]
         source: io::Error,
     },
+    #[error("cannot serve metrics on {addr}: {source}")]
+    Metrics {
+        addr: SocketAddr,
+        #[source]
+        source: io::Error,
+    },
 }
 
 /// State shared by every connection.
@@ -71,6 +81,7 @@ struct Shared {
     /// Bumped whenever an object becomes available, so `Wait`s re-check.
     available: watch::Sender<u64>,
     check_node_names: bool,
+    metrics: SchedulerMetrics,
 }
 
 impl Shared {
@@ -123,7 +134,10 @@ impl Shared {
             SchedulerRequest::Withdraw { node, name } => self
                 .check_identity(peer, &node)
                 .and_then(|()| self.table().withdraw(now, &node, &name).map_err(Refusal::from)),
-            SchedulerRequest::Locate { name } => return SchedulerResponse::Located(self.table().locate(&name)),
+            SchedulerRequest::Locate { name } => {
+                self.metrics.lookup();
+                return SchedulerResponse::Located(self.table().locate(&name));
+            }
             SchedulerRequest::Nodes => return SchedulerResponse::Nodes(self.table().nodes(now)),
             SchedulerRequest::Wait { .. } => {
                 return SchedulerResponse::Error { message: "wait is not answered here".into() };
@@ -159,6 +173,7 @@ impl Shared {
 
     /// Answers `Wait`: `Located` as soon as a complete copy exists, or at the timeout.
     async fn wait(&self, name: String, timeout_ms: u64) -> SchedulerResponse {
+        self.metrics.lookup();
         if let Err(e) = store_client::name::validate(&name) {
             return SchedulerResponse::Error { message: format!("invalid object name {name:?}: {e}") };
         }
@@ -211,6 +226,7 @@ pub struct Scheduler {
     local_addr: SocketAddr,
     lease: Duration,
     shared: Arc<Shared>,
+    metrics_server: Option<MetricsServer>,
 }
 
 impl Scheduler {
@@ -221,17 +237,27 @@ impl Scheduler {
         let bind_err = |source| ServerError::Bind { addr: config.listen, source };
         let endpoint = quinn::Endpoint::server(server_config, config.listen).map_err(bind_err)?;
         let local_addr = endpoint.local_addr().map_err(bind_err)?;
+        let metrics_server = match config.metrics_addr {
+            None => None,
+            Some(addr) => Some(MetricsServer::bind(addr).map_err(|source| ServerError::Metrics { addr, source })?),
+        };
         info!(%local_addr, lease_ms = config.lease.as_millis(), "scheduler listening");
         let shared = Arc::new(Shared {
             table: Mutex::new(Table::new(config.lease)),
             available: watch::channel(0).0,
             check_node_names: config.check_node_names,
+            metrics: SchedulerMetrics::new(),
         });
-        Ok(Self { endpoint, local_addr, lease: config.lease, shared })
+        Ok(Self { endpoint, local_addr, lease: config.lease, shared, metrics_server })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// Where `/metrics` is served, if it is.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_server.as_ref().and_then(|m| m.local_addr().ok())
     }
 
     /// Serves until `shutdown` is cancelled; then closes the endpoint (and every connection,
@@ -241,6 +267,15 @@ impl Scheduler {
         let shutdown = shutdown.child_token();
         let tracker = TaskTracker::new();
         tracker.spawn(expire_leases(self.shared.clone(), self.lease, shutdown.clone()));
+        if let Some(server) = self.metrics_server {
+            let shared = self.shared.clone();
+            let render: Render = Arc::new(move || {
+                shared.metrics.refresh(&shared.table());
+                shared.metrics.render()
+            });
+            let stop = shutdown.clone();
+            tracker.spawn(server.run(render, async move { stop.cancelled().await }));
+        }
         loop {
             let incoming = tokio::select! {
                 _ = shutdown.cancelled() => break,
@@ -250,6 +285,7 @@ impl Scheduler {
             tracker.spawn(serve_connection(self.shared.clone(), incoming, shutdown.clone(), tracker.clone()));
         }
         shutdown.cancel();
+        crate::service::notify_stopping();
         self.endpoint.close(quinn::VarInt::from_u32(0), b"scheduler shutting down");
         tracker.close();
         tracker.wait().await;

@@ -144,6 +144,14 @@ pub struct PutOptions {
     pub evictable: bool,
 }
 
+/// Options of [`StoreClient::pull_s3`]; `None` keeps the daemon's S3 defaults.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct PullS3Options {
+    pub evictable: bool,
+    pub part_size: Option<u64>,
+    pub concurrency: Option<u32>,
+}
+
 /// A connection to the local daemon. Cheap to share between threads; for parallel
 /// requests open one client per thread.
 #[derive(Debug, Clone)]
@@ -318,6 +326,31 @@ impl StoreClient {
         let req = Request::Replicate { name: name.to_owned(), to, timeout_ms: timeout.as_millis() as u64, relay };
         match self.shared.call(&req, None)? {
             (Response::Replicated(r), _) => Ok(r),
+            (other, _) => Err(unexpected(other)),
+        }
+    }
+
+    /// Has the daemon fill the object `name` from `url` (`s3://bucket/key`) and seal it.
+    pub fn pull_s3(&self, url: &str, name: &str, opts: PullS3Options) -> Result<crate::protocol::S3Pull> {
+        name::validate(name)?;
+        let req = Request::PullS3 {
+            url: url.to_owned(),
+            name: name.to_owned(),
+            evictable: opts.evictable,
+            part_size: opts.part_size,
+            concurrency: opts.concurrency,
+        };
+        match self.shared.call(&req, None)? {
+            (Response::PulledS3(p), _) => Ok(p),
+            (other, _) => Err(unexpected(other)),
+        }
+    }
+
+    /// The S3 object `name` was ingested from, if any.
+    pub fn origin(&self, name: &str) -> Result<Option<crate::protocol::S3Origin>> {
+        name::validate(name)?;
+        match self.shared.call(&Request::Origin { name: name.to_owned() }, None)? {
+            (Response::Origin(o), _) => Ok(o),
             (other, _) => Err(unexpected(other)),
         }
     }

@@ -6,8 +6,9 @@
 //! ([`cluster`]) and QUIC request/response helpers ([`rpc`]), mutual-TLS identities
 //! ([`tls`]), the only code that touches memfds, mappings and `SCM_RIGHTS` ([`sys`]), the
 //! local client applications link ([`client`]) and the scheduler's async client
-//! ([`scheduler_client`]). `storectl` and its microbenchmark ([`bench`], [`ctl`]) are thin
-//! layers over the client.
+//! ([`scheduler_client`]). [`metrics`] names every Prometheus metric (and, with the
+//! `metrics-server` feature, serves a registry on `/metrics`). `storectl` and its
+//! microbenchmark ([`bench`], [`ctl`]) are thin layers over the client.
 
 pub mod bench;
 pub mod chunkset;
@@ -16,9 +17,12 @@ pub mod cluster;
 pub mod ctl;
 pub mod frame;
 pub mod manifest;
+pub mod metrics;
 pub mod name;
 pub mod protocol;
 pub mod rpc;
+#[cfg(feature = "s3")]
+pub mod s3;
 pub mod scheduler_client;
 pub mod sys;
 pub mod tls;

@@ -57,6 +57,12 @@ pub enum Request {
     /// Asks `to` (every live node if `None`) to pull the object; answered with
     /// [`Response::Replicated`] once every target finished or failed.
     Replicate { name: String, to: Option<Vec<NodeId>>, timeout_ms: u64, relay: bool },
+    /// Fills a new object `name` from `url` (`s3://bucket/key`) with the daemon's S3 settings
+    /// and seals it; answered with [`Response::PulledS3`]. Nothing is bound on any error.
+    /// `part_size` and `concurrency` override the daemon's defaults.
+    PullS3 { url: String, name: String, evictable: bool, part_size: Option<u64>, concurrency: Option<u32> },
+    /// Where an object was ingested from; answered with [`Response::Origin`].
+    Origin { name: String },
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -82,6 +88,30 @@ pub enum Response {
         code: ErrorCode,
         message: String,
     },
+    PulledS3(S3Pull),
+    Origin(Option<S3Origin>),
+}
+
+/// The S3 object an object was ingested from: a receiver that loses every peer can fall
+/// back to it (the ETag pins the version).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct S3Origin {
+    pub url: String,
+    pub etag: String,
+    pub size: u64,
+}
+
+/// The result of [`Request::PullS3`].
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct S3Pull {
+    pub info: ObjectInfo,
+    pub origin: S3Origin,
+    /// Seconds of the download (HEAD and ranged GETs), before sealing.
+    pub download_seconds: f64,
+    /// Seconds from request to sealed object.
+    pub total_seconds: f64,
+    /// Ranged GET attempts that failed and were retried.
+    pub retries: u64,
 }
 
 /// One target node's result of a replicate request.
@@ -147,4 +177,7 @@ pub enum ErrorCode {
     NoCluster,
     /// The scheduler or the peers could not be reached.
     ClusterUnavailable,
+    /// The S3 origin failed: unreachable, throttling beyond the retries, or the object
+    /// changed during the download.
+    OriginFailed,
 }

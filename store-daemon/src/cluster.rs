@@ -133,6 +133,11 @@ pub struct Cluster {
     pub stats: ClusterStats,
     /// Wakes the announcer for an immediate sync with the scheduler.
     sync_now: tokio::sync::Notify,
+    pub(crate) metrics: Arc<crate::metrics::DaemonMetrics>,
+    /// Cancelled when the daemon drains: pulls under way abort.
+    draining: tokio_util::sync::CancellationToken,
+    /// Pull tasks, so that a draining daemon waits for them to clean up.
+    pull_tasks: tokio_util::task::TaskTracker,
 }
 
 /// Largest piece written to a peer stream at once (and the limiter's burst).
@@ -166,6 +171,7 @@ impl Cluster {
                 Some(governor::RateLimiter::direct(governor::Quota::per_second(rate).allow_burst(burst)))
             }
         };
+        let metrics = shared.upgrade().map(|s| s.metrics().clone()).unwrap_or_default();
         Ok(Arc::new(Self {
             config,
             advertise,
@@ -178,6 +184,9 @@ impl Cluster {
             limiter,
             stats: ClusterStats::default(),
             sync_now: tokio::sync::Notify::new(),
+            metrics,
+            draining: tokio_util::sync::CancellationToken::new(),
+            pull_tasks: tokio_util::task::TaskTracker::new(),
         }))
     }
 
@@ -232,7 +241,26 @@ impl Cluster {
             .map_err(|_| format!("connect to {node} at {addr}: timed out"))?
             .map_err(|e| format!("connect to {node} at {addr}: {e}"))?;
         peers.insert(node.to_owned(), conn.clone());
+        let open = self.metrics.peer_connection(crate::metrics::Direction::Out);
+        let closed = conn.clone();
+        tokio::spawn(async move {
+            closed.closed().await;
+            drop(open);
+        });
         Ok(conn)
+    }
+
+    /// Starts draining: no new peer connections, pulls under way abort (nothing partial is
+    /// sealed), no new pulls start. Chunk uploads under way finish.
+    pub fn begin_shutdown(&self) {
+        self.endpoint.set_server_config(None);
+        self.draining.cancel();
+        self.pull_tasks.close();
+    }
+
+    /// Resolves when every pull task has ended.
+    pub async fn pulls_ended(&self) {
+        self.pull_tasks.wait().await;
     }
 
     /// Closes the endpoint and waits (briefly) for peers to learn of it.

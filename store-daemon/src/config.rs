@@ -19,6 +19,11 @@ pub struct DaemonConfig {
     pub hash_threads: usize,
     /// Cluster membership; `None` for a stand-alone store.
     pub cluster: Option<crate::cluster::ClusterConfig>,
+    /// TCP address of the Prometheus `/metrics` endpoint; `None` serves none.
+    pub metrics_addr: Option<std::net::SocketAddr>,
+    /// On shutdown, how long requests and transfers under way may take to finish before
+    /// they are cut.
+    pub shutdown_grace: std::time::Duration,
 }
 
 impl DaemonConfig {
@@ -37,6 +42,8 @@ impl DaemonConfig {
             chunk_size: store_client::DEFAULT_CHUNK_SIZE,
             hash_threads: std::thread::available_parallelism().map_or(2, |n| n.get()),
             cluster: None,
+            metrics_addr: None,
+            shutdown_grace: std::time::Duration::from_secs(30),
         }
     }
 

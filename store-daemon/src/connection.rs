@@ -5,11 +5,11 @@ use std::collections::{HashMap, HashSet};
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use store_client::frame::{self, FrameBuffer, FrameError};
 use store_client::name;
-use store_client::protocol::{ErrorCode, ObjectId, PROTOCOL_VERSION, Request, Response};
+use store_client::protocol::{ErrorCode, ObjectId, PROTOCOL_VERSION, Request, Response, S3Pull};
 use store_client::sys;
 use tokio::io::Interest;
 use tokio::net::UnixStream;
@@ -18,6 +18,8 @@ use tracing::{debug, warn};
 
 use crate::cluster::{Cluster, PullError};
 use crate::ingest::{self, IngestError};
+use crate::metrics::{Direction, Source};
+use crate::s3_ingest;
 use crate::server::Shared;
 use crate::store::{Adopted, ConnId, Lookup, StoreError};
 
@@ -188,6 +190,10 @@ impl Connection {
             self.release(id);
             return Ok(());
         }
+        if self.shutdown.is_cancelled() {
+            // Draining: requests already being answered finish, later ones are refused.
+            return self.send_error(ErrorCode::ShuttingDown, "the daemon is shutting down".into()).await;
+        }
         let reply = self.answer(req).await;
         match reply {
             Ok((resp, fd)) => write_frame(&self.stream, &frame::encode(&resp), fd.as_deref()).await,
@@ -212,7 +218,19 @@ impl Connection {
                 format!("protocol version {version} is not supported (this daemon speaks {PROTOCOL_VERSION})"),
             )),
             Request::Create { name, size, evictable } => self.create(&name, size, evictable),
-            Request::Seal { id } => self.seal(id).await,
+            Request::Seal { id } => {
+                let sealed = self.seal(id).await;
+                match &sealed {
+                    // Filled in place by the client: the bytes count, the duration (the
+                    // client's own pace) does not.
+                    Ok((Response::Sealed(info), _)) => {
+                        self.shared.metrics().transfer_bytes(Source::Local, Direction::In, info.size)
+                    }
+                    Ok(_) => {}
+                    Err(_) => self.shared.metrics().transfer_failed(Source::Local),
+                }
+                sealed
+            }
             Request::Abort { id } => {
                 self.shared.store().abort(id, self.id)?;
                 self.holdings.pending.remove(&id);
@@ -220,11 +238,17 @@ impl Connection {
             }
             Request::PutMemfd { name, evictable } => {
                 let fd = self.take_fd()?;
-                self.put_memfd(name, evictable, fd).await
+                let started = Instant::now();
+                let put = self.put_memfd(name, evictable, fd, started).await;
+                self.count_failed_put(&put);
+                put
             }
             Request::PutFile { name, evictable } => {
                 let fd = self.take_fd()?;
-                self.put_file(name, evictable, fd).await
+                let started = Instant::now();
+                let put = self.put_file(name, evictable, fd, started).await;
+                self.count_failed_put(&put);
+                put
             }
             Request::Get { name, timeout_ms } => self.get(&name, timeout_ms).await,
             Request::Release { id } => {
@@ -258,7 +282,49 @@ impl Connection {
                 let outcomes = cluster.replicate(&name, to, Duration::from_millis(timeout_ms), relay).await?;
                 Ok((Response::Replicated(outcomes), None))
             }
+            Request::PullS3 { url, name, evictable, part_size, concurrency } => {
+                let pulled = self.pull_s3(&url, &name, evictable, part_size, concurrency).await;
+                if pulled.is_err() {
+                    self.shared.metrics().transfer_failed(Source::S3);
+                }
+                pulled
+            }
+            Request::Origin { name } => {
+                check_name(&name)?;
+                let info = self.shared.store().stat(&name)?;
+                Ok((Response::Origin(self.shared.s3().origin(info.id)), None))
+            }
         }
+    }
+
+    async fn pull_s3(
+        &mut self,
+        url: &str,
+        name: &str,
+        evictable: bool,
+        part_size: Option<u64>,
+        concurrency: Option<u32>,
+    ) -> Reply {
+        check_name(name)?;
+        let start = Instant::now();
+        let shared = self.shared.clone();
+        let room = |size| shared.store().check_room(size);
+        let fetched = self.shared.s3().fetch(url, self.shared.config.chunk_size, part_size, concurrency, room).await;
+        let fetched = fetched.map_err(|e| Failure::new(e.code(), e.to_string()))??;
+        let s3_ingest::Fetched { fd, manifest, mapping, origin, stats } = fetched;
+        let (info, _) = self.adopt(name, evictable, fd, manifest, mapping, start, Source::S3)?;
+        let Response::Sealed(info) = info else {
+            return Err(Failure::new(ErrorCode::Internal, "adopt answered without an object"));
+        };
+        self.shared.s3().record(info.id, origin.clone());
+        let pull = S3Pull {
+            info,
+            origin,
+            download_seconds: stats.elapsed.as_secs_f64(),
+            total_seconds: s3_ingest::seconds_since(start),
+            retries: stats.retries,
+        };
+        Ok((Response::PulledS3(pull), None))
     }
 
     fn cluster(&self) -> Result<&Arc<Cluster>, Failure> {
@@ -300,7 +366,13 @@ impl Connection {
         Ok((Response::Sealed(info), None))
     }
 
-    async fn put_memfd(&mut self, name: String, evictable: bool, fd: OwnedFd) -> Reply {
+    fn count_failed_put(&self, put: &Reply) {
+        if put.is_err() {
+            self.shared.metrics().transfer_failed(Source::Local);
+        }
+    }
+
+    async fn put_memfd(&mut self, name: String, evictable: bool, fd: OwnedFd, started: Instant) -> Reply {
         check_name(&name)?;
         let size = sys::file_size(fd.as_fd())?;
         self.shared.store().check_room(size)?;
@@ -311,10 +383,10 @@ impl Connection {
         } else {
             blocking(move || ingest::seal_and_hash(fd.as_fd(), chunk_size, threads).map(|done| (fd, done))).await??
         };
-        self.adopt(&name, evictable, fd, manifest, mapping)
+        self.adopt(&name, evictable, fd, manifest, mapping, started, Source::Local)
     }
 
-    async fn put_file(&mut self, name: String, evictable: bool, src: OwnedFd) -> Reply {
+    async fn put_file(&mut self, name: String, evictable: bool, src: OwnedFd, started: Instant) -> Reply {
         check_name(&name)?;
         let size = ingest::regular_file_size(src.as_fd())?;
         self.shared.store().check_room(size)?;
@@ -325,9 +397,10 @@ impl Connection {
             Ok((dst, done))
         })
         .await??;
-        self.adopt(&name, evictable, dst, manifest, mapping)
+        self.adopt(&name, evictable, dst, manifest, mapping, started, Source::Local)
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn adopt(
         &mut self,
         name: &str,
@@ -335,11 +408,16 @@ impl Connection {
         fd: OwnedFd,
         manifest: store_client::Manifest,
         mapping: sys::ReadOnlyMapping,
+        started: Instant,
+        source: Source,
     ) -> Reply {
         let (adopted, evicted) = self.shared.store().adopt(name, evictable, fd, manifest, mapping)?;
         log_evictions(&evicted);
         match adopted {
             Adopted::New(info) => {
+                let metrics = self.shared.metrics();
+                metrics.transfer_bytes(source, Direction::In, info.size);
+                metrics.transfer_completed(source, info.size, started.elapsed());
                 self.shared.notify_sealed();
                 Ok((Response::Sealed(info), None))
             }
@@ -357,6 +435,7 @@ impl Connection {
             sealed.borrow_and_update();
             if let Lookup::Ready(lease) = self.shared.store().lease(name) {
                 *self.holdings.leases.entry(lease.info.id).or_default() += 1;
+                self.shared.metrics().lease_taken();
                 return Ok((Response::Object(lease.info), Some(lease.segment)));
             }
             if !pulled
@@ -418,6 +497,7 @@ impl Connection {
                     self.holdings.leases.remove(&id);
                 }
                 self.shared.store().release(id);
+                self.shared.metrics().leases_returned(1);
             }
             None => warn!(conn_id = self.id, id, "release of a lease this connection does not hold"),
         }
@@ -430,6 +510,7 @@ impl Connection {
             for _ in 0..n {
                 store.release(id);
             }
+            self.shared.metrics().leases_returned(n);
         }
         for id in self.holdings.pending.drain() {
             let _ = store.abort(id, self.id);

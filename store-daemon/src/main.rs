@@ -18,12 +18,12 @@ struct Args {
     /// Byte budget for all objects, e.g. 4GiB or 512MiB.
     #[arg(long, env = "STORE_CAPACITY", default_value = "4GiB")]
     capacity: bytesize::ByteSize,
-    /// Extra uids allowed to connect (the daemon's own uid and root always are).
+    /// Extra users allowed to connect, by uid or name (the daemon's own uid and root always are).
     #[arg(long = "allow-uid", env = "STORE_ALLOW_UIDS", value_delimiter = ',')]
-    allow_uids: Vec<u32>,
-    /// Gids whose members may connect.
+    allow_uids: Vec<String>,
+    /// Groups whose members (by primary group) may connect, by gid or name.
     #[arg(long = "allow-gid", env = "STORE_ALLOW_GIDS", value_delimiter = ',')]
-    allow_gids: Vec<u32>,
+    allow_gids: Vec<String>,
     /// Chunk size of object manifests (a power of two).
     #[arg(long, env = "STORE_CHUNK_SIZE", default_value = "4MiB")]
     chunk_size: bytesize::ByteSize,
@@ -67,6 +67,12 @@ struct Args {
     /// Fault injection for tests: corrupt every chunk served to peers.
     #[arg(long, env = "STORE_FAULT_CORRUPT_CHUNKS", hide = true)]
     fault_corrupt_chunks: bool,
+    /// TCP address for Prometheus `/metrics`, e.g. 127.0.0.1:9701 [default: no metrics endpoint].
+    #[arg(long, env = "STORE_METRICS_ADDR")]
+    metrics_addr: Option<std::net::SocketAddr>,
+    /// Seconds that requests and transfers under way get to finish after SIGTERM.
+    #[arg(long, env = "STORE_SHUTDOWN_GRACE_SECS", default_value_t = 30)]
+    shutdown_grace_secs: u64,
     /// Log filter, in tracing's EnvFilter syntax.
     #[arg(long, env = "STORE_LOG", default_value = "info")]
     log: String,
@@ -90,6 +96,17 @@ fn parse_rate(text: &str) -> anyhow::Result<u64> {
         other => anyhow::bail!("unknown rate unit {other:?} in {text:?} (use bit, kbit, Mbit, Gbit or B, kB, MB, GB)"),
     };
     Ok((number * bits_per_unit / 8.0) as u64)
+}
+
+/// A numeric id, or a user or group name looked up with `lookup`.
+fn resolve_id(text: &str, lookup: impl Fn(&str) -> nix::Result<Option<u32>>) -> anyhow::Result<u32> {
+    let text = text.trim();
+    if let Ok(id) = text.parse() {
+        return Ok(id);
+    }
+    lookup(text)
+        .with_context(|| format!("looking up {text:?}"))?
+        .with_context(|| format!("no user or group named {text:?}"))
 }
 
 fn cluster_config(args: &Args) -> anyhow::Result<Option<ClusterConfig>> {
@@ -126,11 +143,7 @@ fn cluster_config(args: &Args) -> anyhow::Result<Option<ClusterConfig>> {
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_new(&args.log).context("bad --log filter")?)
-        .with_writer(std::io::stderr)
-        .with_ansi(false)
-        .init();
+    store_daemon::service::init_logging(&args.log).context("bad --log filter")?;
     let chunk_size = args.chunk_size.as_u64();
     anyhow::ensure!(
         chunk_size.is_power_of_two() && chunk_size >= 1024,
@@ -140,16 +153,29 @@ fn main() -> anyhow::Result<()> {
         args.socket.clone().unwrap_or_else(store_client::default_socket_path),
         args.capacity.as_u64(),
     );
-    config.allow_uids.extend(args.allow_uids.iter().copied());
-    config.allow_gids = args.allow_gids.clone();
+    for user in &args.allow_uids {
+        config
+            .allow_uids
+            .push(resolve_id(user, |name| nix::unistd::User::from_name(name).map(|u| u.map(|u| u.uid.as_raw())))?);
+    }
+    for group in &args.allow_gids {
+        config
+            .allow_gids
+            .push(resolve_id(group, |name| nix::unistd::Group::from_name(name).map(|g| g.map(|g| g.gid.as_raw())))?);
+    }
     config.chunk_size = chunk_size;
     config.cluster = cluster_config(&args)?;
+    config.metrics_addr = args.metrics_addr;
+    config.shutdown_grace = std::time::Duration::from_secs(args.shutdown_grace_secs);
 
     let fd_limit = store_daemon::server::raise_fd_limit();
     tracing::info!(fd_limit, "open-file limit (one descriptor per object)");
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(async move {
         let daemon = Daemon::bind(config)?;
+        // Every listener is bound (unix socket, QUIC endpoint, metrics): clients can connect.
+        let status = format!("serving on {}", daemon.socket_path().display());
+        store_daemon::service::notify_ready(&status);
         let shutdown = CancellationToken::new();
         tokio::spawn(store_daemon::server::cancel_on_signals(shutdown.clone()));
         daemon.run(shutdown).await;

@@ -6,6 +6,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 
+use store_client::metrics::server::{MetricsServer, Render};
 use thiserror::Error;
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::watch;
@@ -16,6 +17,7 @@ use tracing::{debug, info, warn};
 use crate::cluster::Cluster;
 use crate::config::DaemonConfig;
 use crate::connection;
+use crate::metrics::DaemonMetrics;
 use crate::store::Store;
 
 #[derive(Debug, Error)]
@@ -30,6 +32,12 @@ pub enum ServerError {
         #[source]
         source: io::Error,
     },
+    #[error("cannot serve metrics on {addr}: {source}")]
+    Metrics {
+        addr: std::net::SocketAddr,
+        #[source]
+        source: io::Error,
+    },
 }
 
 /// State shared by every connection.
@@ -41,6 +49,8 @@ pub struct Shared {
     sealed: watch::Sender<u64>,
     next_conn: std::sync::atomic::AtomicU64,
     cluster: std::sync::OnceLock<Arc<Cluster>>,
+    metrics: Arc<DaemonMetrics>,
+    s3: crate::s3_ingest::S3Ingest,
 }
 
 impl Shared {
@@ -52,7 +62,17 @@ impl Shared {
             sealed: watch::channel(0).0,
             next_conn: 0.into(),
             cluster: std::sync::OnceLock::new(),
+            metrics: Arc::new(DaemonMetrics::new()),
+            s3: Default::default(),
         }
+    }
+
+    pub fn s3(&self) -> &crate::s3_ingest::S3Ingest {
+        &self.s3
+    }
+
+    pub fn metrics(&self) -> &Arc<DaemonMetrics> {
+        &self.metrics
     }
 
     /// The cluster membership, if this daemon has one.
@@ -90,6 +110,7 @@ impl Shared {
 pub struct Daemon {
     listener: UnixListener,
     shared: Arc<Shared>,
+    metrics_server: Option<MetricsServer>,
 }
 
 impl Daemon {
@@ -107,6 +128,10 @@ impl Daemon {
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir).map_err(bind_err)?;
         }
+        let metrics_server = match config.metrics_addr {
+            None => None,
+            Some(addr) => Some(MetricsServer::bind(addr).map_err(|source| ServerError::Metrics { addr, source })?),
+        };
         let listener = UnixListener::bind(&path).map_err(bind_err)?;
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o660)).map_err(bind_err)?;
         let cluster_config = config.cluster.clone();
@@ -116,8 +141,14 @@ impl Daemon {
             info!(node = %cluster.node_id(), quic = ?cluster.local_addr().ok(), "cluster endpoint bound");
             let _ = shared.cluster.set(cluster);
         }
-        info!(socket = %path.display(), capacity = shared.config.capacity, "store daemon listening");
-        Ok(Self { listener, shared })
+        let metrics_addr = metrics_server.as_ref().and_then(|m| m.local_addr().ok());
+        info!(socket = %path.display(), capacity = shared.config.capacity, metrics = ?metrics_addr, "store daemon listening");
+        Ok(Self { listener, shared, metrics_server })
+    }
+
+    /// Where `/metrics` is served, if it is.
+    pub fn metrics_addr(&self) -> Option<std::net::SocketAddr> {
+        self.metrics_server.as_ref().and_then(|m| m.local_addr().ok())
     }
 
     pub fn shared(&self) -> &Arc<Shared> {
@@ -128,22 +159,52 @@ impl Daemon {
         &self.shared.config.socket
     }
 
-    /// Serves until `shutdown` is cancelled, then stops accepting, lets every connection
-    /// finish its current request, and removes the socket file.
+    /// Serves until `shutdown` is cancelled, then drains: the socket file goes at once (new
+    /// clients cannot connect), peers can no longer connect, requests already read finish
+    /// and later ones are answered `ShuttingDown`, pulls under way abort without sealing
+    /// anything, chunk uploads under way finish. Whatever is still running after
+    /// [`DaemonConfig::shutdown_grace`] is cut.
     pub async fn run(self, shutdown: CancellationToken) {
+        let Self { listener, shared, metrics_server } = self;
         let tracker = TaskTracker::new();
-        if let Some(cluster) = self.shared.cluster() {
+        // Scrapes go on while draining; the metrics server stops after everything else.
+        let stop_metrics = CancellationToken::new();
+        let metrics_task = metrics_server.map(|server| {
+            let weak = Arc::downgrade(&shared);
+            let render: Render = Arc::new(move || match weak.upgrade() {
+                Some(shared) => {
+                    shared.metrics.refresh_store(&shared.store());
+                    shared.metrics.render()
+                }
+                None => Vec::new(),
+            });
+            let stop = stop_metrics.clone();
+            tokio::spawn(server.run(render, async move { stop.cancelled().await }))
+        });
+        if let Some(cluster) = shared.cluster() {
             tracker.spawn(crate::cluster::serve::accept_loop(cluster.clone(), shutdown.clone(), tracker.clone()));
             tracker.spawn(crate::cluster::announce::run(cluster.clone(), shutdown.clone()));
+        }
+        if let Some(interval) = crate::service::watchdog_interval() {
+            let weak = Arc::downgrade(&shared);
+            // Taking the store's lock proves no request is wedged holding it (a wedged lock
+            // blocks this task too, and the missing pings get the daemon restarted).
+            let healthy = move || {
+                weak.upgrade().is_some_and(|s| {
+                    drop(s.store());
+                    true
+                })
+            };
+            tracker.spawn(crate::service::watchdog(interval, shutdown.clone(), healthy));
         }
         loop {
             let accepted = tokio::select! {
                 _ = shutdown.cancelled() => break,
-                accepted = self.listener.accept() => accepted,
+                accepted = listener.accept() => accepted,
             };
             match accepted {
                 Ok((stream, _)) => {
-                    let shared = self.shared.clone();
+                    let shared = shared.clone();
                     let shutdown = shutdown.clone();
                     tracker.spawn(async move { accept_one(shared, stream, shutdown).await });
                 }
@@ -154,12 +215,30 @@ impl Daemon {
                 }
             }
         }
+        crate::service::notify_stopping("draining");
+        info!(grace_s = shared.config.shutdown_grace.as_secs_f64(), "draining: no new clients or peers");
+        drop(listener);
+        let _ = std::fs::remove_file(&shared.config.socket);
+        if let Some(cluster) = shared.cluster() {
+            cluster.begin_shutdown();
+        }
         tracker.close();
-        tracker.wait().await;
-        if let Some(cluster) = self.shared.cluster() {
+        let drained = async {
+            tracker.wait().await;
+            if let Some(cluster) = shared.cluster() {
+                cluster.pulls_ended().await;
+            }
+        };
+        if tokio::time::timeout(shared.config.shutdown_grace, drained).await.is_err() {
+            warn!("requests or transfers still running after the shutdown grace; cutting them");
+        }
+        if let Some(cluster) = shared.cluster() {
             cluster.close().await;
         }
-        let _ = std::fs::remove_file(&self.shared.config.socket);
+        stop_metrics.cancel();
+        if let Some(task) = metrics_task {
+            let _ = task.await;
+        }
         info!("store daemon stopped");
     }
 }
@@ -179,7 +258,8 @@ async fn accept_one(shared: Arc<Shared>, stream: UnixStream, shutdown: Cancellat
         return;
     }
     debug!(conn_id, uid = cred.uid(), pid = ?cred.pid(), "client connected");
-    connection::serve(shared, stream, conn_id, shutdown).await;
+    let _connected = shared.metrics.client_connection();
+    connection::serve(shared.clone(), stream, conn_id, shutdown).await;
     debug!(conn_id, "client disconnected");
 }
 

@@ -2,8 +2,10 @@
 //! built by cargo next to the test executable) and cleans them up even when a test fails.
 
 pub mod cluster;
+pub mod cluster_bench;
 pub mod demo;
 pub mod netns;
+pub mod s3_server;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -38,6 +40,11 @@ pub struct DaemonProcess {
 impl DaemonProcess {
     /// Starts a daemon with `capacity` bytes and extra `args`, and waits until it accepts.
     pub fn start(capacity: &str, args: &[&str]) -> anyhow::Result<Self> {
+        Self::start_with_env(capacity, args, &[])
+    }
+
+    /// [`DaemonProcess::start`] with extra environment variables (e.g. S3 settings).
+    pub fn start_with_env(capacity: &str, args: &[&str], env: &[(&str, String)]) -> anyhow::Result<Self> {
         let dir = tempfile::Builder::new().prefix("store-test").tempdir()?;
         let socket = dir.path().join("store.sock");
         let child = Command::new(workspace_bin("store-daemon")?)
@@ -46,6 +53,7 @@ impl DaemonProcess {
             .arg("--capacity")
             .arg(capacity)
             .args(args)
+            .envs(env.iter().map(|(k, v)| (k, v)))
             .env("STORE_LOG", "warn")
             .stdin(Stdio::null())
             .spawn()

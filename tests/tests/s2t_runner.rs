@@ -150,9 +150,37 @@ fn store_and_directory_give_identical_transcripts_with_one_shared_copy() {
 }
 
 #[test]
-fn s3_source_says_it_is_not_available_yet() {
-    let out = runner().args(["--model", "s3://bucket/models/x", "--audio", "/dev/null"]).output().unwrap();
+fn s3_and_directory_give_identical_transcripts() {
+    let s3 = store_tests::s3_server::TestS3::start().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let model_dir = dir.path().join("model");
+    let status = runner().args(["gen-random", "--config", "small", "--out"]).arg(&model_dir).status().unwrap();
+    assert!(status.success());
+    for file in ["config.json", "model.safetensors", "vocab.json"] {
+        s3.put(&format!("models/small/{file}"), &std::fs::read(model_dir.join(file)).unwrap()).unwrap();
+    }
+    let audio = dir.path().join("chirp.wav");
+    chirp_wav(&audio);
+    let from_dir = run_json(model_dir.to_str().unwrap(), &audio, Path::new("/nonexistent"));
+    let out = runner()
+        .args(["--model", "s3://bucket/models/small", "--audio"])
+        .arg(&audio)
+        .args(["--json", "--max-length", "12"])
+        .envs(s3.env())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "runner failed: {}", String::from_utf8_lossy(&out.stderr));
+    let from_s3: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(from_s3["source_kind"], "s3");
+    assert_eq!(from_dir["tokens"], from_s3["tokens"]);
+
+    let out = runner()
+        .args(["--model", "s3://bucket/models/missing", "--audio"])
+        .arg(&audio)
+        .envs(s3.env())
+        .output()
+        .unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("S3 source not available yet (see the S3 issue)"), "{err}");
+    assert!(err.contains("s3://bucket/models/missing/config.json does not exist"), "{err}");
 }

@@ -78,6 +78,22 @@ enum Command {
         #[arg(long)]
         no_relay: bool,
     },
+    /// Have the daemon fill an object from S3 (`s3://BUCKET/KEY`) and seal it. The daemon's
+    /// environment selects the endpoint and credentials (STORE_S3_ENDPOINT, AWS_ACCESS_KEY_ID, ...).
+    Pull {
+        url: String,
+        /// Object name.
+        #[arg(long)]
+        name: String,
+        #[arg(long)]
+        evictable: bool,
+        /// Size of each ranged GET [default: the daemon's, 8 MiB].
+        #[arg(long)]
+        part_size: Option<bytesize::ByteSize>,
+        /// Ranged GETs in flight [default: the daemon's, 8].
+        #[arg(long)]
+        concurrency: Option<u32>,
+    },
     /// Make certificates for trying the cluster out and for tests.
     Certs {
         #[command(subcommand)]
@@ -223,6 +239,37 @@ fn main() -> anyhow::Result<()> {
                 println!("{}", ctl::nodes_json(&nodes));
             } else {
                 print!("{}", ctl::nodes_table(&nodes));
+            }
+        }
+        Command::Pull { url, name, evictable, part_size, concurrency } => {
+            let opts = store_client::client::PullS3Options {
+                evictable,
+                part_size: part_size.map(|p| p.as_u64()),
+                concurrency,
+            };
+            let spinner = ctl::spinner(u64::MAX, &format!("pulling {url}"));
+            let pulled = connect()?.pull_s3(&url, &name, opts);
+            spinner.finish_and_clear();
+            let p = pulled?;
+            if cli.json {
+                let mut v = ctl::object_json(&p.info);
+                v["origin"] = serde_json::json!({ "url": p.origin.url, "etag": p.origin.etag });
+                v["download_seconds"] = p.download_seconds.into();
+                v["seconds"] = p.total_seconds.into();
+                v["retries"] = p.retries.into();
+                println!("{v}");
+            } else {
+                println!(
+                    "{} {} from {} sealed in {:.3} s (download {:.3} s, {:.2} GB/s, {} retries), blake3 {}",
+                    p.info.name,
+                    bytesize::ByteSize(p.info.size),
+                    p.origin.url,
+                    p.total_seconds,
+                    p.download_seconds,
+                    p.info.size as f64 / p.download_seconds.max(1e-9) / 1e9,
+                    p.retries,
+                    p.info.digest.map(|d| d.to_hex()).unwrap_or_default()
+                );
             }
         }
         Command::Replicate { name, to, all, timeout, no_relay } => {

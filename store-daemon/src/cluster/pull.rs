@@ -23,12 +23,13 @@ use tokio::task::JoinSet;
 use tracing::{debug, info, warn};
 
 use super::{Cluster, PullError, PullResult};
+use crate::metrics::{Direction, Source};
 use crate::replication::plan::{ChunkFailure, PlanConfig, PullPlan};
 use crate::server::Shared;
 use crate::store::StoreError;
 
 /// How often holders and their chunks are refreshed from the scheduler during a pull.
-const REFRESH: Duration = Duration::from_millis(200);
+const REFRESH: Duration = Duration::from_millis(100);
 /// A chunk stream that delivers nothing for this long is given up, and its peer with it.
 const STALL: Duration = Duration::from_secs(5);
 /// A peer given up is not asked again for this long, even if the scheduler still lists it.
@@ -65,6 +66,9 @@ struct Target {
 impl Cluster {
     /// Pulls `name` into the local store, or joins the pull already under way for it.
     pub async fn pull(self: &Arc<Self>, name: &str, timeout: Duration, relay: bool) -> PullResult {
+        if self.draining.is_cancelled() {
+            return Err(PullError::ShuttingDown);
+        }
         let (mut rx, leader) = {
             let mut pulls = self.pulls.lock().unwrap_or_else(|p| p.into_inner());
             match pulls.get(name) {
@@ -81,14 +85,19 @@ impl Cluster {
             // cancel it for the others.
             let cluster = self.clone();
             let owned = name.to_owned();
-            tokio::spawn(async move {
+            self.pull_tasks.spawn(async move {
                 let result = cluster.pull_now(&owned, timeout, relay).await;
                 match &result {
                     Ok(r) => {
+                        if !r.already_present {
+                            let took = Duration::from_secs_f64(r.seconds);
+                            cluster.metrics.transfer_completed(Source::Peer, r.bytes, took);
+                        }
                         cluster.stats.pulls_completed.fetch_add(1, Ordering::Relaxed);
                         info!(name = %owned, bytes = r.bytes, seconds = r.seconds, "pull complete");
                     }
                     Err(e) => {
+                        cluster.metrics.transfer_failed(Source::Peer);
                         cluster.stats.pulls_failed.fetch_add(1, Ordering::Relaxed);
                         warn!(name = %owned, error = %e, "pull failed");
                     }
@@ -161,7 +170,11 @@ impl Cluster {
             if left.is_zero() {
                 return Err(PullError::NotFound(name.to_owned()));
             }
-            match self.scheduler.wait(name, left).await {
+            let waited = tokio::select! {
+                waited = self.scheduler.wait(name, left) => waited,
+                _ = self.draining.cancelled() => return Err(PullError::ShuttingDown),
+            };
+            match waited {
                 Ok(_) => locations = self.locate_others(name).await?,
                 Err(store_client::scheduler_client::SchedulerClientError::NotAvailable(_)) => {
                     return Err(PullError::NotFound(name.to_owned()));
@@ -284,6 +297,9 @@ impl Cluster {
     ) -> Result<(BTreeMap<NodeId, u64>, u64, u64), PullError> {
         let manifest = &target.manifest;
         let mut plan = PullPlan::new(manifest.size, manifest.chunk_size, PlanConfig::default());
+        if relay {
+            plan.set_start_hint(start_hint(&self.config.node_id));
+        }
         let mut addrs = HashMap::new();
         let mut quarantine: HashMap<NodeId, Instant> = HashMap::new();
         self.apply_locations(&mut plan, &locations, &mut addrs, &quarantine, relay, Instant::now());
@@ -306,6 +322,7 @@ impl Cluster {
                 let target = target.clone();
                 let tx = tx.clone();
                 tasks.spawn(async move {
+                    let _in_flight = cluster.metrics.chunk_in_flight(Direction::In);
                     let result = match cluster.connect(&req.peer, addr).await {
                         Ok(conn) => fetch_chunk(&conn, &target, req.index).await,
                         Err(message) => Err(FetchError::Transport { lost: true, message }),
@@ -330,21 +347,26 @@ impl Cluster {
                             plan.chunk_done(&done.peer, done.index);
                             self.stats.chunks_received.fetch_add(1, Ordering::Relaxed);
                             self.stats.bytes_received.fetch_add(bytes, Ordering::Relaxed);
+                            self.metrics.transfer_bytes(Source::Peer, Direction::In, bytes);
                         }
                         Err(FetchError::Corrupt(why)) => {
                             warn!(peer = %done.peer, index = done.index, %why, "corrupt chunk rejected");
                             corrupt += 1;
                             self.stats.corrupt_chunks.fetch_add(1, Ordering::Relaxed);
                             self.stats.retries.fetch_add(1, Ordering::Relaxed);
+                            self.metrics.chunk_verify_failed();
+                            self.metrics.chunk_retried();
                             plan.chunk_failed(&done.peer, done.index, ChunkFailure::Corrupt);
                         }
                         Err(FetchError::NotHeld) => {
                             self.stats.retries.fetch_add(1, Ordering::Relaxed);
+                            self.metrics.chunk_retried();
                             plan.chunk_failed(&done.peer, done.index, ChunkFailure::NotHeld);
                         }
                         Err(FetchError::Transport { lost, message }) => {
                             debug!(peer = %done.peer, index = done.index, %message, lost, "chunk fetch failed");
                             self.stats.retries.fetch_add(1, Ordering::Relaxed);
+                            self.metrics.chunk_retried();
                             plan.chunk_failed(&done.peer, done.index, ChunkFailure::Transport);
                             if lost {
                                 plan.peer_lost(&done.peer);
@@ -366,12 +388,27 @@ impl Cluster {
                     tasks.abort_all();
                     return Err(PullError::Timeout(target.name.clone()));
                 }
+                _ = self.draining.cancelled() => {
+                    tasks.abort_all();
+                    return Err(PullError::ShuttingDown);
+                }
             }
         }
         tasks.abort_all();
         let from = plan.bytes_by_peer().map(|(p, b)| (p.to_owned(), b)).collect();
         Ok((from, corrupt, plan.stats().retries))
     }
+}
+
+/// A stable, well-spread number from a node id (FNV-1a), where a receiver that believes it
+/// is alone starts pulling.
+fn start_hint(node: &str) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in node.bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h ^ (h >> 29)
 }
 
 async fn fetch_chunk(conn: &quinn::Connection, target: &Target, index: u64) -> Result<u64, FetchError> {

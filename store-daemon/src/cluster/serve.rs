@@ -12,6 +12,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{debug, warn};
 
 use super::{Cluster, SEND_SLICE};
+use crate::metrics::{Direction, Source};
 
 /// Accepts peer connections until `shutdown`.
 pub async fn accept_loop(cluster: Arc<Cluster>, shutdown: CancellationToken, tracker: TaskTracker) {
@@ -38,6 +39,7 @@ pub async fn accept_loop(cluster: Arc<Cluster>, shutdown: CancellationToken, tra
 }
 
 async fn serve_connection(cluster: Arc<Cluster>, conn: quinn::Connection, shutdown: CancellationToken) {
+    let _open = cluster.metrics.peer_connection(Direction::In);
     let streams = TaskTracker::new();
     loop {
         let stream = tokio::select! {
@@ -117,6 +119,7 @@ async fn serve_stream(
             };
             cluster.uploads.fetch_add(1, Ordering::Relaxed);
             let _upload = UploadGuard(cluster);
+            let _in_flight = cluster.metrics.chunk_in_flight(Direction::Out);
             let range = view.manifest.chunk_range(index);
             let bytes = &view.mapping[range.start as usize..range.end as usize];
             rpc::write_frame(&mut send, &PeerResponse::Chunk { len: bytes.len() as u64, uploads: cluster.uploads() })
@@ -135,6 +138,7 @@ async fn serve_stream(
                 } else {
                     send.write_all(piece).await?;
                 }
+                cluster.metrics.transfer_bytes(Source::Peer, Direction::Out, piece.len() as u64);
             }
             cluster.stats.chunks_sent.fetch_add(1, Ordering::Relaxed);
             cluster.stats.bytes_sent.fetch_add(bytes.len() as u64, Ordering::Relaxed);

@@ -105,6 +105,8 @@ pub struct PullPlan {
     stripe_start: u64,
     stripe_end: u64,
     receivers: u64,
+    /// Where a receiver that believes it is alone starts (see [`PullPlan::set_start_hint`]).
+    start_hint: u64,
     done: u64,
     in_flight: u32,
     corrupt: u64,
@@ -134,6 +136,7 @@ impl PullPlan {
             stripe_start: 0,
             stripe_end: count,
             receivers: 1,
+            start_hint: 0,
             done: 0,
             in_flight: 0,
             corrupt: 0,
@@ -153,6 +156,14 @@ impl PullPlan {
         self.stripe_start = rank * count / of;
         self.stripe_end = (rank + 1) * count / of;
         self.receivers = of;
+    }
+
+    /// Where to start while this receiver believes it pulls alone. Receivers that start at
+    /// the same moment learn of each other only after a round through the scheduler; if
+    /// they all began at chunk 0 they would ask the source for the same first chunks, so
+    /// each begins at a point of its own (e.g. from a hash of its node id).
+    pub fn set_start_hint(&mut self, hint: u64) {
+        self.start_hint = hint % self.chunk_count().max(1);
     }
 
     fn in_stripe(&self, index: u64) -> bool {
@@ -237,7 +248,8 @@ impl PullPlan {
             .map(|i| {
                 let from_relay = self.holders(i).any(|p| !self.peers[p].held.is_complete());
                 let later = !(self.in_stripe(i) || from_relay);
-                (later, (i + count - self.stripe_start) % count, i)
+                let origin = if self.receivers > 1 { self.stripe_start } else { self.start_hint };
+                (later, (i + count - origin) % count, i)
             })
             .collect();
         candidates.sort_unstable();
@@ -248,7 +260,9 @@ impl PullPlan {
             }
             let best = self.holders(index).filter(|&p| self.peers[p].in_flight < window).min_by_key(|&p| {
                 let peer = &self.peers[p];
-                (peer.in_flight + peer.reported_load, peer.failures_in_a_row, p)
+                // Between equally loaded holders, a relay before a complete holder: the
+                // source's uplink is the one every receiver needs.
+                (peer.in_flight + peer.reported_load, peer.held.is_complete(), peer.failures_in_a_row, p)
             });
             let Some(p) = best else { continue };
             self.peers[p].in_flight += 1;

@@ -1,0 +1,703 @@
+//! The S3 reading engine: parallel ranged GETs written straight into the destination memory.
+//!
+//! # Design
+//! - One `HeadObject` fixes the object's size and ETag. The destination (a writable mapping
+//!   of the daemon's memfd, or a buffer of the calling process) is split into disjoint
+//!   `&mut [u8]` parts of [`S3Config::part_size`]; up to [`S3Config::concurrency`] ranged
+//!   GETs run at once, each copying its body as it arrives into its own part. There is no
+//!   intermediate buffer: the one copy is from the HTTP client's receive buffer into the
+//!   destination.
+//! - Every ranged GET carries `If-Match: <etag>`, and its answer's ETag, `Content-Range`
+//!   total and length are checked: an object replaced on the server mid-download fails with
+//!   [`S3Error::Changed`] (412 or a mismatch), never a silent mix of two versions.
+//! - The SDK's own retries are off: they cannot resume a body that broke mid-stream. A part
+//!   retries itself on 5xx (503 SlowDown included), 429, timeouts and connection errors, with
+//!   exponential backoff and jitter, resuming from the bytes it already has. An attempt that
+//!   made progress resets the attempt count. Client errors (403, 404, 412, ...) are final.
+//! - A caller that hashes while downloading (the daemon) gets `on_landed(offset, len)` for
+//!   each part once all its bytes are in place.
+//!
+//! The defaults (8 MiB parts, 8 at once) were measured against the embedded endpoint on
+//! loopback; see `docs/s3-bench.md`. Credentials come from the standard AWS chain (env
+//! `AWS_ACCESS_KEY_ID`/`AWS_SECRET_ACCESS_KEY`, profile files, IMDS) unless given
+//! explicitly; an S3-compatible server is reached with [`ENDPOINT_ENV`] (path-style by
+//! default when an endpoint is set).
+
+use std::fmt;
+use std::str::FromStr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use aws_sdk_s3::Client;
+use aws_sdk_s3::config::http::HttpResponse;
+use aws_sdk_s3::config::{
+    BehaviorVersion, Credentials, Region, RequestChecksumCalculation, ResponseChecksumValidation,
+};
+use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_smithy_http_client::tls::{Provider, rustls_provider::CryptoMode};
+use futures_util::{StreamExt, stream};
+use thiserror::Error;
+
+/// Endpoint URL of an S3-compatible server (`http://127.0.0.1:9000`); unset means AWS.
+pub const ENDPOINT_ENV: &str = "STORE_S3_ENDPOINT";
+/// Region; else the standard chain (`AWS_REGION`, profile), else `us-east-1`.
+pub const REGION_ENV: &str = "STORE_S3_REGION";
+/// `true`/`false`: path-style addressing (default: true with an endpoint, else false).
+pub const PATH_STYLE_ENV: &str = "STORE_S3_PATH_STYLE";
+/// Attempts per request before giving up (default 8).
+pub const MAX_ATTEMPTS_ENV: &str = "STORE_S3_MAX_ATTEMPTS";
+/// Part size of the ranged GETs (`8MiB`).
+pub const PART_SIZE_ENV: &str = "STORE_S3_PART_SIZE";
+/// Ranged GETs in flight at once.
+pub const CONCURRENCY_ENV: &str = "STORE_S3_CONCURRENCY";
+
+/// Default part size of the ranged GETs (measured: see the module docs).
+pub const DEFAULT_PART_SIZE: u64 = 8 * 1024 * 1024;
+/// Default number of ranged GETs in flight.
+pub const DEFAULT_CONCURRENCY: usize = 8;
+/// Smallest part size accepted (S3's multipart minimum, and far below it is all overhead).
+pub const MIN_PART_SIZE: u64 = 64 * 1024;
+
+#[derive(Debug, Error)]
+pub enum S3Error {
+    #[error("invalid S3 URL `{0}`: expected s3://BUCKET/KEY")]
+    InvalidUrl(String),
+    #[error("invalid S3 setting {name}=`{value}`: {why}")]
+    InvalidSetting { name: &'static str, value: String, why: String },
+    #[error("bucket `{bucket}` does not exist")]
+    NoSuchBucket { bucket: String },
+    #[error("object s3://{bucket}/{key} does not exist")]
+    NoSuchKey { bucket: String, key: String },
+    #[error("access to s3://{bucket}/{key} denied (check the credentials): {message}")]
+    AccessDenied { bucket: String, key: String, message: String },
+    #[error("S3 endpoint {endpoint} unreachable after {attempts} attempts: {message}")]
+    Unreachable { endpoint: String, attempts: u32, message: String },
+    #[error("s3://{bucket}/{key} failed after {attempts} attempts (last: {message})")]
+    GaveUp { bucket: String, key: String, attempts: u32, message: String },
+    #[error("s3://{bucket}/{key} changed during the download: {detail}")]
+    Changed { bucket: String, key: String, detail: String },
+    #[error("S3 answered {status} for s3://{bucket}/{key}: {message}")]
+    Service { bucket: String, key: String, status: u16, message: String },
+    #[error("destination holds {have} bytes, the object {want}")]
+    Destination { have: u64, want: u64 },
+    #[error("cannot start the S3 client runtime: {0}")]
+    Runtime(#[source] std::io::Error),
+}
+
+/// `s3://bucket/key`.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct S3Url {
+    pub bucket: String,
+    pub key: String,
+}
+
+impl S3Url {
+    /// This URL's key with `name` appended under it as a prefix (`s3://b/p` + `x` = `s3://b/p/x`).
+    pub fn join(&self, name: &str) -> S3Url {
+        let key = self.key.trim_end_matches('/');
+        let key = if key.is_empty() { name.to_owned() } else { format!("{key}/{name}") };
+        S3Url { bucket: self.bucket.clone(), key }
+    }
+}
+
+impl FromStr for S3Url {
+    type Err = S3Error;
+    fn from_str(s: &str) -> Result<Self, S3Error> {
+        let rest = s.strip_prefix("s3://").ok_or_else(|| S3Error::InvalidUrl(s.into()))?;
+        let (bucket, key) = rest.split_once('/').unwrap_or((rest, ""));
+        if bucket.is_empty() || bucket.contains(|c: char| c.is_whitespace()) {
+            return Err(S3Error::InvalidUrl(s.into()));
+        }
+        Ok(S3Url { bucket: bucket.into(), key: key.into() })
+    }
+}
+
+impl fmt::Display for S3Url {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "s3://{}/{}", self.bucket, self.key)
+    }
+}
+
+/// An access key pair given explicitly instead of the standard chain.
+#[derive(Clone)]
+pub struct StaticCredentials {
+    pub access_key_id: String,
+    pub secret_access_key: String,
+}
+
+impl fmt::Debug for StaticCredentials {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StaticCredentials").field("access_key_id", &self.access_key_id).finish_non_exhaustive()
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct S3Config {
+    pub endpoint: Option<String>,
+    pub region: Option<String>,
+    /// `None`: path-style exactly when an endpoint is set.
+    pub path_style: Option<bool>,
+    /// `None`: the standard credential chain.
+    pub credentials: Option<StaticCredentials>,
+    pub part_size: u64,
+    pub concurrency: usize,
+    /// Attempts per request (and per part without progress) before giving up.
+    pub max_attempts: u32,
+    pub initial_backoff: Duration,
+    pub max_backoff: Duration,
+    pub connect_timeout: Duration,
+    /// Longest wait for the next bytes of a response.
+    pub read_timeout: Duration,
+}
+
+impl Default for S3Config {
+    fn default() -> Self {
+        Self {
+            endpoint: None,
+            region: None,
+            path_style: None,
+            credentials: None,
+            part_size: DEFAULT_PART_SIZE,
+            concurrency: DEFAULT_CONCURRENCY,
+            max_attempts: 8,
+            initial_backoff: Duration::from_millis(100),
+            max_backoff: Duration::from_secs(5),
+            connect_timeout: Duration::from_secs(5),
+            read_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+fn env_nonempty(name: &str) -> Option<String> {
+    std::env::var(name).ok().filter(|v| !v.trim().is_empty())
+}
+
+impl S3Config {
+    /// Defaults overridden by the `STORE_S3_*` environment variables.
+    pub fn from_env() -> Result<Self, S3Error> {
+        let mut c = Self { endpoint: env_nonempty(ENDPOINT_ENV), region: env_nonempty(REGION_ENV), ..Self::default() };
+        if let Some(v) = env_nonempty(PATH_STYLE_ENV) {
+            c.path_style = Some(match v.to_ascii_lowercase().as_str() {
+                "1" | "true" | "yes" => true,
+                "0" | "false" | "no" => false,
+                _ => {
+                    return Err(S3Error::InvalidSetting {
+                        name: PATH_STYLE_ENV,
+                        value: v,
+                        why: "expected true or false".into(),
+                    });
+                }
+            });
+        }
+        if let Some(v) = env_nonempty(PART_SIZE_ENV) {
+            let size = v.parse::<bytesize::ByteSize>().map_err(|why| S3Error::InvalidSetting {
+                name: PART_SIZE_ENV,
+                value: v.clone(),
+                why,
+            })?;
+            c.part_size = size.as_u64();
+        }
+        if let Some(v) = env_nonempty(CONCURRENCY_ENV) {
+            c.concurrency = v.parse().map_err(|e: std::num::ParseIntError| S3Error::InvalidSetting {
+                name: CONCURRENCY_ENV,
+                value: v.clone(),
+                why: e.to_string(),
+            })?;
+        }
+        if let Some(v) = env_nonempty(MAX_ATTEMPTS_ENV) {
+            c.max_attempts = v.parse().map_err(|e: std::num::ParseIntError| S3Error::InvalidSetting {
+                name: MAX_ATTEMPTS_ENV,
+                value: v.clone(),
+                why: e.to_string(),
+            })?;
+        }
+        c.validate()?;
+        Ok(c)
+    }
+
+    /// Overrides the part size and concurrency where given.
+    pub fn with_overrides(mut self, part_size: Option<u64>, concurrency: Option<usize>) -> Result<Self, S3Error> {
+        if let Some(p) = part_size {
+            self.part_size = p;
+        }
+        if let Some(n) = concurrency {
+            self.concurrency = n;
+        }
+        self.validate()?;
+        Ok(self)
+    }
+
+    fn validate(&self) -> Result<(), S3Error> {
+        if self.part_size < MIN_PART_SIZE {
+            return Err(S3Error::InvalidSetting {
+                name: PART_SIZE_ENV,
+                value: self.part_size.to_string(),
+                why: format!("at least {MIN_PART_SIZE} bytes"),
+            });
+        }
+        if self.concurrency == 0 || self.concurrency > 256 {
+            return Err(S3Error::InvalidSetting {
+                name: CONCURRENCY_ENV,
+                value: self.concurrency.to_string(),
+                why: "between 1 and 256".into(),
+            });
+        }
+        if self.max_attempts == 0 {
+            return Err(S3Error::InvalidSetting { name: "max_attempts", value: "0".into(), why: "at least 1".into() });
+        }
+        Ok(())
+    }
+
+    fn endpoint_name(&self) -> String {
+        self.endpoint.clone().unwrap_or_else(|| "AWS S3".into())
+    }
+
+    fn backoff(&self, attempt: u32) -> Duration {
+        let base = self.initial_backoff.saturating_mul(1u32 << attempt.min(16)).min(self.max_backoff);
+        // Full jitter in [base/2, base], without a random number generator.
+        static DRAWS: AtomicU64 = AtomicU64::new(0);
+        let seed =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos() as u64);
+        let mixed = (seed ^ DRAWS.fetch_add(1, Ordering::Relaxed) << 32).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        let frac = (mixed >> 54) as u32; // 0..1024
+        base / 2 + base / 2 * frac / 1024
+    }
+}
+
+/// Size and version of an object, fixed at the start of a download.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ObjectMeta {
+    pub size: u64,
+    pub etag: String,
+}
+
+/// What a download did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct DownloadStats {
+    pub bytes: u64,
+    pub parts: u64,
+    /// Attempts that failed and were retried.
+    pub retries: u64,
+    pub elapsed: Duration,
+}
+
+impl DownloadStats {
+    pub fn bytes_per_second(&self) -> f64 {
+        self.bytes as f64 / self.elapsed.as_secs_f64().max(1e-9)
+    }
+}
+
+/// The outcome of one attempt of a request.
+enum Attempt {
+    /// Worth trying again: 5xx, 429, timeouts, connection errors, a body cut short.
+    Transient {
+        message: String,
+        unreachable: bool,
+    },
+    Fatal(S3Error),
+}
+
+/// An S3 client set up for ranged reads.
+#[derive(Clone, Debug)]
+pub struct S3Reader {
+    client: Client,
+    config: S3Config,
+}
+
+impl S3Reader {
+    pub async fn new(config: S3Config) -> Result<Self, S3Error> {
+        config.validate()?;
+        let http =
+            aws_smithy_http_client::Builder::new().tls_provider(Provider::Rustls(CryptoMode::Ring)).build_https();
+        let timeouts = aws_sdk_s3::config::timeout::TimeoutConfig::builder()
+            .connect_timeout(config.connect_timeout)
+            .read_timeout(config.read_timeout)
+            .build();
+        let mut loader = aws_config::defaults(BehaviorVersion::latest())
+            .http_client(http)
+            .timeout_config(timeouts)
+            .retry_config(aws_sdk_s3::config::retry::RetryConfig::disabled());
+        loader = match &config.region {
+            Some(r) => loader.region(Region::new(r.clone())),
+            None => loader.region(
+                aws_config::meta::region::RegionProviderChain::default_provider()
+                    .or_else(Region::from_static("us-east-1")),
+            ),
+        };
+        if let Some(c) = &config.credentials {
+            loader = loader.credentials_provider(Credentials::new(
+                c.access_key_id.clone(),
+                c.secret_access_key.clone(),
+                None,
+                None,
+                "store-s3-static",
+            ));
+        }
+        let shared = loader.load().await;
+        let mut builder = aws_sdk_s3::config::Builder::from(&shared)
+            .request_checksum_calculation(RequestChecksumCalculation::WhenRequired)
+            .response_checksum_validation(ResponseChecksumValidation::WhenRequired);
+        if let Some(e) = &config.endpoint {
+            builder = builder.endpoint_url(e.clone());
+        }
+        builder = builder.force_path_style(config.path_style.unwrap_or(config.endpoint.is_some()));
+        Ok(Self { client: Client::from_conf(builder.build()), config })
+    }
+
+    /// A reader configured by [`S3Config::from_env`].
+    pub async fn from_env() -> Result<Self, S3Error> {
+        Self::new(S3Config::from_env()?).await
+    }
+
+    pub fn config(&self) -> &S3Config {
+        &self.config
+    }
+
+    /// The SDK client, for operations this engine does not wrap (uploads).
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    /// Runs `op` with backoff until it succeeds, fails for good or runs out of attempts.
+    async fn retrying<T, F, Fut>(&self, url: &S3Url, mut op: F, retries: &AtomicU64) -> Result<T, S3Error>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T, Attempt>>,
+    {
+        let mut attempt = 0;
+        loop {
+            match op().await {
+                Ok(v) => return Ok(v),
+                Err(Attempt::Fatal(e)) => return Err(e),
+                Err(Attempt::Transient { message, unreachable }) => {
+                    attempt += 1;
+                    if attempt >= self.config.max_attempts {
+                        return Err(self.give_up(url, attempt, message, unreachable));
+                    }
+                    retries.fetch_add(1, Ordering::Relaxed);
+                    tokio::time::sleep(self.config.backoff(attempt - 1)).await;
+                }
+            }
+        }
+    }
+
+    fn give_up(&self, url: &S3Url, attempts: u32, message: String, unreachable: bool) -> S3Error {
+        if unreachable {
+            S3Error::Unreachable { endpoint: self.config.endpoint_name(), attempts, message }
+        } else {
+            S3Error::GaveUp { bucket: url.bucket.clone(), key: url.key.clone(), attempts, message }
+        }
+    }
+
+    /// The object's size and ETag, with a precise error for a missing bucket or key and
+    /// for refused credentials.
+    pub async fn head(&self, url: &S3Url) -> Result<ObjectMeta, S3Error> {
+        let retries = AtomicU64::new(0);
+        let head = self
+            .retrying(
+                url,
+                || async {
+                    let r = self.client.head_object().bucket(&url.bucket).key(&url.key).send().await;
+                    r.map_err(|e| classify(url, e))
+                },
+                &retries,
+            )
+            .await;
+        let out = match head {
+            Ok(out) => out,
+            // HEAD answers have no body, so no error code: ask with a GET, whose body says
+            // which of bucket or key is missing, or why the credentials were refused.
+            Err(S3Error::Service { status: 403 | 404, .. }) => return Err(self.explain(url).await),
+            Err(e) => return Err(e),
+        };
+        let size = out.content_length().and_then(|l| u64::try_from(l).ok()).ok_or_else(|| S3Error::Service {
+            bucket: url.bucket.clone(),
+            key: url.key.clone(),
+            status: 200,
+            message: "HEAD answer lacks a valid Content-Length".into(),
+        })?;
+        let etag = out.e_tag().unwrap_or_default().to_owned();
+        Ok(ObjectMeta { size, etag })
+    }
+
+    async fn explain(&self, url: &S3Url) -> S3Error {
+        match self.client.get_object().bucket(&url.bucket).key(&url.key).range("bytes=0-0").send().await {
+            Ok(_) => S3Error::Changed {
+                bucket: url.bucket.clone(),
+                key: url.key.clone(),
+                detail: "HEAD failed but GET succeeded".into(),
+            },
+            Err(e) => match classify(url, e) {
+                Attempt::Fatal(e) => e,
+                Attempt::Transient { message, unreachable } => self.give_up(url, 1, message, unreachable),
+            },
+        }
+    }
+
+    /// Downloads the whole object into `dst` (exactly `meta.size` bytes) with parallel ranged
+    /// GETs. `on_landed(offset, len)` is called once per part when all of it is in `dst`.
+    pub async fn download_into(
+        &self,
+        url: &S3Url,
+        meta: &ObjectMeta,
+        dst: &mut [u8],
+        on_landed: &(dyn Fn(u64, u64) + Sync),
+    ) -> Result<DownloadStats, S3Error> {
+        if dst.len() as u64 != meta.size {
+            return Err(S3Error::Destination { have: dst.len() as u64, want: meta.size });
+        }
+        let start = Instant::now();
+        let retries = AtomicU64::new(0);
+        let part_size = self.config.part_size as usize;
+        // A queue and an explicit set of running parts rather than an iterator adaptor: a
+        // closure held across the awaits makes the future not provably `Send`.
+        let mut queue: std::collections::VecDeque<(u64, &mut [u8])> =
+            dst.chunks_mut(part_size).enumerate().map(|(i, part)| ((i * part_size) as u64, part)).collect();
+        let mut running = stream::FuturesUnordered::new();
+        let mut count = 0;
+        loop {
+            while running.len() < self.config.concurrency {
+                let Some((offset, part)) = queue.pop_front() else { break };
+                running.push(self.land_part(url, meta, offset, part, &retries, on_landed));
+            }
+            match running.next().await {
+                Some(done) => {
+                    done?;
+                    count += 1;
+                }
+                None => break,
+            }
+        }
+        Ok(DownloadStats {
+            bytes: meta.size,
+            parts: count,
+            retries: retries.load(Ordering::Relaxed),
+            elapsed: start.elapsed(),
+        })
+    }
+
+    async fn land_part(
+        &self,
+        url: &S3Url,
+        meta: &ObjectMeta,
+        offset: u64,
+        part: &mut [u8],
+        retries: &AtomicU64,
+        on_landed: &(dyn Fn(u64, u64) + Sync),
+    ) -> Result<(), S3Error> {
+        let len = part.len() as u64;
+        self.fetch_part(url, meta, offset, part, retries).await?;
+        on_landed(offset, len);
+        Ok(())
+    }
+
+    /// Fills `part` with the object's bytes from `offset`, resuming after broken bodies.
+    async fn fetch_part(
+        &self,
+        url: &S3Url,
+        meta: &ObjectMeta,
+        offset: u64,
+        part: &mut [u8],
+        retries: &AtomicU64,
+    ) -> Result<(), S3Error> {
+        let mut filled = 0usize;
+        let mut attempt = 0;
+        loop {
+            let before = filled;
+            match self.get_range(url, meta, offset, part, &mut filled).await {
+                Ok(()) => return Ok(()),
+                Err(Attempt::Fatal(e)) => return Err(e),
+                Err(Attempt::Transient { message, unreachable }) => {
+                    attempt = if filled > before { 1 } else { attempt + 1 };
+                    if attempt >= self.config.max_attempts {
+                        return Err(self.give_up(url, attempt, message, unreachable));
+                    }
+                    retries.fetch_add(1, Ordering::Relaxed);
+                    tokio::time::sleep(self.config.backoff(attempt - 1)).await;
+                }
+            }
+        }
+    }
+
+    /// One ranged GET of `part[*filled..]`; advances `filled` as bytes land.
+    async fn get_range(
+        &self,
+        url: &S3Url,
+        meta: &ObjectMeta,
+        offset: u64,
+        part: &mut [u8],
+        filled: &mut usize,
+    ) -> Result<(), Attempt> {
+        let first = offset + *filled as u64;
+        let last = offset + part.len() as u64 - 1;
+        let changed = |detail: String| {
+            Attempt::Fatal(S3Error::Changed { bucket: url.bucket.clone(), key: url.key.clone(), detail })
+        };
+        let mut req = self.client.get_object().bucket(&url.bucket).key(&url.key).range(format!("bytes={first}-{last}"));
+        if !meta.etag.is_empty() {
+            req = req.if_match(&meta.etag);
+        }
+        let mut out = req.send().await.map_err(|e| classify(url, e))?;
+        if out.e_tag().is_some_and(|e| e != meta.etag) {
+            return Err(changed(format!("ETag {} instead of {}", out.e_tag().unwrap_or_default(), meta.etag)));
+        }
+        if let Some(total) = out.content_range().and_then(|r| r.rsplit_once('/')).map(|(_, t)| t)
+            && total != "*"
+            && total.parse::<u64>().ok() != Some(meta.size)
+        {
+            return Err(changed(format!("size {total} instead of {}", meta.size)));
+        }
+        let want = last - first + 1;
+        if out.content_length().is_some_and(|l| l as u64 != want) {
+            return Err(changed(format!("range {first}-{last} answered with {:?} bytes", out.content_length())));
+        }
+        loop {
+            match out.body.next().await {
+                Some(Ok(bytes)) => {
+                    let room = part.len() - *filled;
+                    if bytes.len() > room {
+                        return Err(changed(format!("range {first}-{last} answered with more bytes")));
+                    }
+                    part[*filled..*filled + bytes.len()].copy_from_slice(&bytes);
+                    *filled += bytes.len();
+                }
+                Some(Err(e)) => {
+                    return Err(Attempt::Transient {
+                        message: format!("body broke: {}", DisplayErrorContext(&e)),
+                        unreachable: false,
+                    });
+                }
+                None if *filled == part.len() => return Ok(()),
+                None => {
+                    return Err(Attempt::Transient {
+                        message: format!("body ended {} bytes short", part.len() - *filled),
+                        unreachable: false,
+                    });
+                }
+            }
+        }
+    }
+
+    /// Downloads a whole object into a new buffer of this process.
+    pub async fn download_to_vec(&self, url: &S3Url) -> Result<(Vec<u8>, DownloadStats), S3Error> {
+        let meta = self.head(url).await?;
+        let len = usize::try_from(meta.size)
+            .map_err(|_| S3Error::Destination { have: usize::MAX as u64, want: meta.size })?;
+        // Zeroed allocations of this size come fresh from mmap: no zeroing pass.
+        let mut buf = vec![0u8; len];
+        let stats = self.download_into(url, &meta, &mut buf, &|_, _| {}).await?;
+        Ok((buf, stats))
+    }
+}
+
+/// Downloads `url` into a buffer of this process on a runtime of its own: the runner's
+/// comparison path (each consumer pays a full download).
+pub fn download_blocking(config: S3Config, url: &S3Url) -> Result<(Vec<u8>, DownloadStats), S3Error> {
+    let rt =
+        tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().map_err(S3Error::Runtime)?;
+    rt.block_on(async {
+        let reader = S3Reader::new(config).await?;
+        reader.download_to_vec(url).await
+    })
+}
+
+/// Downloads `files` under the prefix `prefix` (`s3://bucket/prefix` + `/file`) into buffers
+/// of this process, one after the other with one client: what `s2t-runner --model s3://...`
+/// uses.
+pub fn download_prefix_blocking(
+    config: S3Config,
+    prefix: &S3Url,
+    files: &[&str],
+) -> Result<Vec<(Vec<u8>, DownloadStats)>, S3Error> {
+    let rt =
+        tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().map_err(S3Error::Runtime)?;
+    rt.block_on(async {
+        let reader = S3Reader::new(config).await?;
+        let mut out = Vec::with_capacity(files.len());
+        for file in files {
+            out.push(reader.download_to_vec(&prefix.join(file)).await?);
+        }
+        Ok(out)
+    })
+}
+
+fn classify<E>(url: &S3Url, err: SdkError<E, HttpResponse>) -> Attempt
+where
+    E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+{
+    let (bucket, key) = (url.bucket.clone(), url.key.clone());
+    match &err {
+        SdkError::ServiceError(ctx) => {
+            let status = ctx.raw().status().as_u16();
+            let code = ctx.err().code().unwrap_or_default().to_owned();
+            let message = match ctx.err().message() {
+                Some(m) if !code.is_empty() => format!("{code}: {m}"),
+                Some(m) => m.to_owned(),
+                None if !code.is_empty() => code.clone(),
+                None => format!("HTTP {status}"),
+            };
+            match (status, code.as_str()) {
+                (_, "NoSuchBucket") => Attempt::Fatal(S3Error::NoSuchBucket { bucket }),
+                (_, "NoSuchKey") => Attempt::Fatal(S3Error::NoSuchKey { bucket, key }),
+                (412, _) | (_, "PreconditionFailed") => Attempt::Fatal(S3Error::Changed {
+                    bucket,
+                    key,
+                    detail: "the ETag no longer matches (412 Precondition Failed)".into(),
+                }),
+                (403, _) | (_, "InvalidAccessKeyId" | "SignatureDoesNotMatch" | "AccessDenied") => {
+                    Attempt::Fatal(S3Error::AccessDenied { bucket, key, message })
+                }
+                (429 | 500..=599, _) | (_, "SlowDown" | "Throttling" | "RequestTimeout") => {
+                    Attempt::Transient { message: format!("HTTP {status} {message}"), unreachable: false }
+                }
+                _ => Attempt::Fatal(S3Error::Service { bucket, key, status, message }),
+            }
+        }
+        SdkError::DispatchFailure(f) => Attempt::Transient {
+            message: DisplayErrorContext(&err).to_string(),
+            unreachable: f.is_io() || f.is_timeout(),
+        },
+        SdkError::TimeoutError(_) | SdkError::ResponseError(_) => {
+            Attempt::Transient { message: DisplayErrorContext(&err).to_string(), unreachable: false }
+        }
+        _ => {
+            Attempt::Fatal(S3Error::Service { bucket, key, status: 0, message: DisplayErrorContext(&err).to_string() })
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_parse_and_join() {
+        let u: S3Url = "s3://bucket/a/b.bin".parse().unwrap();
+        assert_eq!(u, S3Url { bucket: "bucket".into(), key: "a/b.bin".into() });
+        assert_eq!(u.to_string(), "s3://bucket/a/b.bin");
+        let p: S3Url = "s3://b/prefix/".parse().unwrap();
+        assert_eq!(p.join("config.json").key, "prefix/config.json");
+        assert_eq!("s3://b".parse::<S3Url>().unwrap().join("x").key, "x");
+        for bad in ["http://b/k", "s3:///k", "s3://", "b/k"] {
+            assert!(matches!(bad.parse::<S3Url>(), Err(S3Error::InvalidUrl(_))), "{bad}");
+        }
+    }
+
+    #[test]
+    fn backoff_grows_and_is_capped() {
+        let c = S3Config::default();
+        for attempt in 0..20 {
+            let b = c.backoff(attempt);
+            let base = c.initial_backoff.saturating_mul(1 << attempt.min(16)).min(c.max_backoff);
+            assert!(b >= base / 2 && b <= base, "{attempt}: {b:?}");
+        }
+    }
+
+    #[test]
+    fn settings_are_validated() {
+        assert!(S3Config::default().with_overrides(Some(1024), None).is_err());
+        assert!(S3Config::default().with_overrides(None, Some(0)).is_err());
+        let c = S3Config::default().with_overrides(Some(16 << 20), Some(4)).unwrap();
+        assert_eq!((c.part_size, c.concurrency), (16 << 20, 4));
+    }
+}
