@@ -32,6 +32,7 @@ use store_client::tls::{CertPaths, Identity};
 
 use crate::cluster::{ClusterSpec, TestCluster, node_id};
 use crate::netns::{LinkSpec, NsChild, run_checked};
+use crate::payload;
 use crate::workspace_bin;
 
 /// Name of the benchmark object.
@@ -233,19 +234,6 @@ pub fn median(values: &[f64]) -> f64 {
     v.sort_by(f64::total_cmp);
     let mid = v.len() / 2;
     if v.len() % 2 == 1 { v[mid] } else { (v[mid - 1] + v[mid]) / 2.0 }
-}
-
-/// Deterministic incompressible-looking content (xorshift64).
-pub fn payload(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    let mut v = vec![0u8; len];
-    for chunk in v.chunks_mut(8) {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        chunk.copy_from_slice(&x.to_le_bytes()[..chunk.len()]);
-    }
-    v
 }
 
 const RECEIVER_HEADER: &str =

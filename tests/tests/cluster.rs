@@ -9,20 +9,9 @@ use std::time::{Duration, Instant};
 use store_client::client::PutOptions;
 use store_tests::cluster::{ClusterSpec, TestCluster, node_id};
 use store_tests::netns::{LinkSpec, requires_root};
+use store_tests::payload;
 
 const MIB: usize = 1 << 20;
-
-fn payload(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    let mut v = vec![0u8; len];
-    for chunk in v.chunks_mut(8) {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        chunk.copy_from_slice(&x.to_le_bytes()[..chunk.len()]);
-    }
-    v
-}
 
 fn digest(bytes: &[u8]) -> String {
     blake3::hash(bytes).to_hex().to_string()
