@@ -6,8 +6,9 @@
 //! over QUIC with mutual TLS. Daemons talk to it with
 //! [`store_client::scheduler_client::SchedulerClient`].
 //!
-//! Placement (ranking nodes for a task by the bytes it still needs there, the bandwidth
-//! feeding that node, and its load) is still to come.
+//! [`placement`] ranks nodes for a task by the bytes it still needs there, the bandwidth
+//! observed into that node (daemons report every pull) and the work already placed there,
+//! under hard constraints (labels, resources, a pinned node).
 
 pub mod metrics;
 pub mod placement;

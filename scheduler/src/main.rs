@@ -36,6 +36,10 @@ struct Args {
     /// Accept node messages whatever name the connection's certificate carries.
     #[arg(long, env = "STORE_SCHEDULER_ANY_NODE_NAME")]
     any_node_name: bool,
+    /// Placement: inbound bandwidth of a node before any transfer into it was reported, in
+    /// Mbit/s.
+    #[arg(long, env = "STORE_SCHEDULER_DEFAULT_INBOUND_MBIT", default_value_t = 1000.0)]
+    default_inbound_mbit: f64,
     /// TCP address for Prometheus `/metrics`, e.g. 127.0.0.1:9700 [default: no metrics endpoint].
     #[arg(long, env = "STORE_METRICS_ADDR")]
     metrics_addr: Option<SocketAddr>,
@@ -64,6 +68,11 @@ fn main() -> anyhow::Result<()> {
     config.lease = Duration::from_millis(args.lease_ms);
     config.check_node_names = !args.any_node_name;
     config.metrics_addr = args.metrics_addr;
+    anyhow::ensure!(
+        args.default_inbound_mbit.is_finite() && args.default_inbound_mbit > 0.0,
+        "--default-inbound-mbit must be positive"
+    );
+    config.default_inbound_bytes_per_second = args.default_inbound_mbit * 1e6 / 8.0;
 
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(async move {

@@ -7,19 +7,25 @@
 //! complete holder when it timed out). A background task calls [`Table::expire`] when the next
 //! lease passes.
 //!
-//! Requests that speak for a node (register, heartbeat, announce, withdraw) must come over a
-//! connection whose client certificate is valid for that node id (the id is the DNS name in
-//! the node's certificate), unless [`SchedulerConfig::check_node_names`] is off: a node can
-//! only speak for itself.
+//! `Place` is answered from the table (bytes of the inputs each node holds, labels,
+//! resources) and the [`Planner`] (inbound bandwidth from the daemons' `TransferReport`s,
+//! load of earlier placements); see [`crate::placement`].
+//!
+//! Requests that speak for a node (register, heartbeat, announce, withdraw, transfer
+//! reports) must come over a connection whose client certificate is valid for that node id
+//! (the id is the DNS name in the node's certificate), unless
+//! [`SchedulerConfig::check_node_names`] is off: a node can only speak for itself.
 
+use std::collections::BTreeMap;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use rustls::pki_types::{CertificateDer, ServerName};
-use store_client::cluster::{SCHEDULER_ALPN, SchedulerRequest, SchedulerResponse};
+use store_client::cluster::{NodeId, NodeInfo, SCHEDULER_ALPN, SchedulerRequest, SchedulerResponse};
 use store_client::metrics::server::{MetricsServer, Render};
+use store_client::placement::{NodeEstimate, PlaceSpec, Placement};
 use store_client::rpc::{self, RpcError};
 use store_client::tls::{self, CertPaths, Identity, TlsError};
 use thiserror::Error;
@@ -29,6 +35,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
 use crate::metrics::SchedulerMetrics;
+use crate::placement::{Candidate, PlacementRequest, Planner};
 use crate::table::{DEFAULT_LEASE, Effect, Table, TableError};
 
 /// Longest a client may take to send its request once it opened a stream.
@@ -37,6 +44,12 @@ const REQUEST_READ_TIMEOUT: Duration = Duration::from_secs(10);
 const MAX_WAIT: Duration = Duration::from_secs(24 * 3600);
 /// Shortest pause of the expiry task between two runs.
 const MIN_EXPIRY_PAUSE: Duration = Duration::from_millis(10);
+/// Most tasks one placement request may place.
+pub const MAX_PLACE_COUNT: u32 = 100_000;
+/// Longest task a placement request may announce (a week), so estimates stay finite.
+const MAX_TASK_SECONDS: f64 = 7.0 * 24.0 * 3600.0;
+/// Inbound bandwidth assumed for a node no transfer was reported into yet: 1 Gbit/s.
+pub const DEFAULT_INBOUND_BYTES_PER_SECOND: f64 = 125e6;
 
 #[derive(Clone, Debug)]
 pub struct SchedulerConfig {
@@ -48,11 +61,21 @@ pub struct SchedulerConfig {
     pub check_node_names: bool,
     /// TCP address of the Prometheus `/metrics` endpoint; `None` serves none.
     pub metrics_addr: Option<SocketAddr>,
+    /// Placement's inbound bandwidth of a node before any transfer into it was reported,
+    /// bytes per second.
+    pub default_inbound_bytes_per_second: f64,
 }
 
 impl SchedulerConfig {
     pub fn new(listen: SocketAddr, certs: CertPaths) -> Self {
-        Self { listen, certs, lease: DEFAULT_LEASE, check_node_names: true, metrics_addr: None }
+        Self {
+            listen,
+            certs,
+            lease: DEFAULT_LEASE,
+            check_node_names: true,
+            metrics_addr: None,
+            default_inbound_bytes_per_second: DEFAULT_INBOUND_BYTES_PER_SECOND,
+        }
     }
 }
 
@@ -82,6 +105,9 @@ struct Shared {
     available: watch::Sender<u64>,
     check_node_names: bool,
     metrics: SchedulerMetrics,
+    /// Placement state (bandwidth estimates, load of past placements). Locked after the
+    /// table when both are needed.
+    planner: Mutex<Planner>,
 }
 
 impl Shared {
@@ -89,6 +115,11 @@ impl Shared {
         // Table methods leave it consistent at every return; a panic elsewhere while the lock
         // was held does not poison the data itself.
         self.table.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn planner(&self) -> MutexGuard<'_, Planner> {
+        // Planner methods leave it consistent at every return, as the table's do.
+        self.planner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     fn publish(&self, effects: Vec<Effect>) {
@@ -139,6 +170,14 @@ impl Shared {
                 return SchedulerResponse::Located(self.table().locate(&name));
             }
             SchedulerRequest::Nodes => return SchedulerResponse::Nodes(self.table().nodes(now)),
+            SchedulerRequest::Place { spec } => return self.place(now, spec),
+            SchedulerRequest::TransferReport { node, report } => self.check_identity(peer, &node).map(|()| {
+                let mut planner = self.planner();
+                planner.observe_transfer(&node, &report);
+                debug!(%node, name = %report.name, bytes = report.bytes, seconds = report.seconds,
+                    estimate = ?planner.bandwidth(&node), "transfer reported");
+                Vec::new()
+            }),
             SchedulerRequest::Wait { .. } => {
                 return SchedulerResponse::Error { message: "wait is not answered here".into() };
             }
@@ -154,6 +193,75 @@ impl Shared {
                 SchedulerResponse::Error { message }
             }
         }
+    }
+
+    /// Answers `Place`: builds each node's view from the table (bytes held of the inputs,
+    /// labels, resources) and the planner (bandwidth, queue), places and records the tasks.
+    fn place(&self, now: Instant, spec: PlaceSpec) -> SchedulerResponse {
+        let refuse = |message: String| SchedulerResponse::Error { message };
+        if spec.count == 0 || spec.count > MAX_PLACE_COUNT {
+            return refuse(format!("count must be between 1 and {MAX_PLACE_COUNT}, not {}", spec.count));
+        }
+        if !(spec.task_seconds.is_finite() && (0.0..=MAX_TASK_SECONDS).contains(&spec.task_seconds)) {
+            return refuse(format!("task seconds must be between 0 and {MAX_TASK_SECONDS}"));
+        }
+        let table = self.table();
+        let mut needs = Vec::with_capacity(spec.needs.len());
+        let mut held: BTreeMap<NodeId, BTreeMap<String, u64>> = BTreeMap::new();
+        for name in &spec.needs {
+            if let Err(e) = store_client::name::validate(name) {
+                return refuse(format!("invalid object name {name:?}: {e}"));
+            }
+            if needs.iter().any(|(n, _)| n == name) {
+                continue;
+            }
+            // Placement is about moving data that exists; an input nobody holds would be a
+            // wait of unknown length anywhere.
+            let Some((size, by_node)) = table.held_bytes(name) else {
+                return refuse(format!("no node holds {name:?}"));
+            };
+            needs.push((name.clone(), size));
+            for (node, bytes) in by_node {
+                held.entry(node).or_default().insert(name.clone(), bytes);
+            }
+        }
+        let infos: BTreeMap<NodeId, NodeInfo> = table.node_infos().map(|i| (i.id.clone(), i.clone())).collect();
+        drop(table);
+        let req = PlacementRequest {
+            needs,
+            labels: spec.labels,
+            resources: spec.resources,
+            pinned: spec.pinned,
+            count: spec.count,
+            task_seconds: spec.task_seconds,
+        };
+        let mut planner = self.planner();
+        let views: Vec<_> =
+            infos.values().map(|i| planner.view(now, i, held.remove(&i.id).unwrap_or_default())).collect();
+        let (tasks, ranked) = planner.place(now, &req, &views);
+        drop(planner);
+        for _ in &tasks {
+            self.metrics.placement();
+        }
+        let wire = |c: Candidate| {
+            let addr = infos.get(&c.node).map(|i| i.addr)?;
+            Some(NodeEstimate {
+                node: c.node,
+                addr,
+                missing_bytes: c.missing_bytes,
+                missing: c.missing,
+                transfer_seconds: c.transfer_seconds,
+                queued_seconds: c.queued_seconds,
+                estimated_start_seconds: c.estimated_start_seconds,
+                inbound_bytes_per_second: c.bandwidth,
+                bandwidth_assumed: c.bandwidth_assumed,
+            })
+        };
+        debug!(tasks = tasks.len(), candidates = ranked.len(), "placed");
+        SchedulerResponse::Placed(Placement {
+            tasks: tasks.into_iter().filter_map(wire).collect(),
+            ranked: ranked.into_iter().filter_map(wire).collect(),
+        })
     }
 
     fn check_identity(&self, peer: &Peer, node: &str) -> Result<(), Refusal> {
@@ -247,6 +355,7 @@ impl Scheduler {
             available: watch::channel(0).0,
             check_node_names: config.check_node_names,
             metrics: SchedulerMetrics::new(),
+            planner: Mutex::new(Planner::new(config.default_inbound_bytes_per_second)),
         });
         Ok(Self { endpoint, local_addr, lease: config.lease, shared, metrics_server })
     }

@@ -111,6 +111,22 @@ fn validate_node_id(id: &str) -> Result<(), TableError> {
     Err(TableError::InvalidNode { id: id.to_owned(), reason })
 }
 
+/// Bytes covered by the chunks in `chunks` of an object of `size` bytes (only the last chunk
+/// may be short).
+fn held_bytes(size: u64, chunk_size: u64, chunks: &store_client::chunkset::ChunkSet) -> u64 {
+    let count = chunks.count();
+    let last = chunks.len().saturating_sub(1);
+    if count == 0 {
+        return 0;
+    }
+    if chunks.contains(last) {
+        let last_len = size.saturating_sub(last.saturating_mul(chunk_size));
+        (count - 1).saturating_mul(chunk_size).saturating_add(last_len)
+    } else {
+        count.saturating_mul(chunk_size)
+    }
+}
+
 fn invalid(name: &str, reason: HoldingError) -> TableError {
     TableError::InvalidHolding { name: name.to_owned(), reason }
 }
@@ -282,6 +298,26 @@ impl Table {
             .collect()
     }
 
+    /// For placement: the object's size and how many of its bytes each node holds, counting
+    /// only copies of the content of its first holder as [`locate`](Table::locate) orders
+    /// them (a complete one if any); `None` if no node holds any of it.
+    pub fn held_bytes(&self, name: &str) -> Option<(u64, BTreeMap<NodeId, u64>)> {
+        let locations = self.locate(name);
+        let first = locations.first()?;
+        let (size, root) = (first.size, first.root);
+        let held = locations
+            .iter()
+            .filter(|l| l.root == root && l.size == size)
+            .map(|l| (l.node.clone(), held_bytes(l.size, l.chunk_size, &l.chunks)))
+            .collect();
+        Some((size, held))
+    }
+
+    /// Every registered node's info, by id.
+    pub fn node_infos(&self) -> impl Iterator<Item = &NodeInfo> {
+        self.nodes.values().map(|n| &n.info)
+    }
+
     pub fn node(&self, id: &str) -> Option<&NodeInfo> {
         self.nodes.get(id).map(|n| &n.info)
     }
@@ -370,6 +406,7 @@ mod tests {
             labels: BTreeMap::from([("zone".to_owned(), "a".to_owned())]),
             capacity: 1 << 30,
             free: 1 << 29,
+            resources: BTreeMap::new(),
         }
     }
 
@@ -550,6 +587,20 @@ mod tests {
         assert_eq!(ids(&t.locate("keep")), ["a"]);
         assert!(t.locate("x").is_empty());
         assert_eq!(t.node_count(), 1);
+    }
+
+    #[test]
+    fn held_bytes_count_partial_copies_and_a_short_last_chunk() {
+        let t0 = Instant::now();
+        let mut t = Table::default();
+        t.register(t0, info("a"), vec![holding("x", 10 * KIB + 5, KIB, None)]).unwrap();
+        t.register(t0, info("b"), vec![holding("x", 10 * KIB + 5, KIB, Some(&[0, 10]))]).unwrap();
+        t.register(t0, info("c"), vec![holding("x", 10 * KIB + 5, KIB, Some(&[3]))]).unwrap();
+        let (size, held) = t.held_bytes("x").unwrap();
+        assert_eq!(size, 10 * KIB + 5);
+        assert_eq!(held, BTreeMap::from([("a".into(), 10 * KIB + 5), ("b".into(), KIB + 5), ("c".into(), KIB)]));
+        assert_eq!(t.held_bytes("nothing"), None);
+        assert_eq!(t.node_infos().count(), 3);
     }
 
     #[test]

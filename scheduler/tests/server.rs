@@ -100,6 +100,7 @@ fn node(id: &str, port: u16) -> NodeInfo {
         labels: BTreeMap::from([("zone".to_owned(), "test".to_owned())]),
         capacity: 1 << 30,
         free: 1 << 29,
+        resources: BTreeMap::new(),
     }
 }
 
@@ -448,4 +449,61 @@ fn client_reconnects_to_a_scheduler_restarted_after_a_crash() {
         assert_eq!(nodes_of(&a.locate("m").await.unwrap()), [("node-a", true)]);
     });
     drop(second);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn place_ranks_by_holdings_and_reported_bandwidth_under_constraints() {
+    use store_client::placement::{PlaceSpec, TransferReport};
+    const MB: u64 = 1_000_000;
+    let dir = make_certs();
+    let sched = start(dir.path()).await;
+    let a = client(dir.path(), "node-a", sched.addr).await;
+    let b = client(dir.path(), "node-b", sched.addr).await;
+    let mut a_info = node("node-a", 9001);
+    a_info.labels.insert("site".into(), "hpc".into());
+    a_info.resources.insert("cpu".into(), 4);
+    let mut b_info = node("node-b", 9002);
+    b_info.labels.insert("site".into(), "cloud".into());
+    a.register(a_info, vec![holding("data/in", 64 * MB, None)]).await.unwrap();
+    b.register(b_info, vec![holding("data/in", 64 * MB, Some(&[0]))]).await.unwrap();
+
+    // The holder wins; the partial holder's transfer runs at the default 1 Gbit/s.
+    let spec = PlaceSpec { needs: vec!["data/in".into()], task_seconds: 2.0, ..Default::default() };
+    let placed = a.place(&spec).await.unwrap();
+    assert_eq!(placed.tasks.len(), 1);
+    assert_eq!(placed.tasks[0].node, "node-a");
+    assert_eq!(placed.tasks[0].missing_bytes, 0);
+    assert_eq!(placed.tasks[0].addr, "127.0.0.1:9001".parse().unwrap());
+    assert_eq!(placed.ranked[1].node, "node-b");
+    assert_eq!(placed.ranked[1].missing_bytes, 64 * MB - KIB);
+    assert_eq!(placed.ranked[1].missing, ["data/in"]);
+    assert!(placed.ranked[1].bandwidth_assumed);
+    assert!((placed.ranked[1].inbound_bytes_per_second - 125e6).abs() < 1.0);
+
+    // A label constraint is hard: only node-b qualifies, however much it lacks.
+    let mut cloud = spec.clone();
+    cloud.labels.insert("site".into(), "cloud".into());
+    cloud.count = 2;
+    let placed = a.place(&cloud).await.unwrap();
+    assert_eq!(placed.tasks.iter().map(|t| t.node.as_str()).collect::<Vec<_>>(), ["node-b", "node-b"]);
+    assert_eq!(placed.ranked.len(), 1);
+    // No node offers 8 cpus: no placement, not an error.
+    let mut big = spec.clone();
+    big.resources.insert("cpu".into(), 8);
+    assert!(a.place(&big).await.unwrap().tasks.is_empty());
+
+    // A reported transfer replaces the default; only the node itself may report.
+    let report =
+        TransferReport { name: "x".into(), bytes: 10 * MB, seconds: 1.0, from: BTreeMap::new(), node_bytes: 10 * MB };
+    assert!(matches!(a.report_transfer("node-b", report.clone()).await, Err(SchedulerClientError::Refused(_))));
+    b.report_transfer("node-b", report).await.unwrap();
+    let placed = b.place(&PlaceSpec { pinned: Some("node-b".into()), ..spec.clone() }).await.unwrap();
+    assert!(!placed.tasks[0].bandwidth_assumed);
+    assert!((placed.tasks[0].inbound_bytes_per_second - 10e6).abs() < 1.0);
+
+    // Inputs nobody holds and nonsense counts are refused.
+    let unknown = PlaceSpec { needs: vec!["data/none".into()], ..Default::default() };
+    assert!(matches!(a.place(&unknown).await, Err(SchedulerClientError::Refused(_))));
+    assert!(matches!(a.place(&PlaceSpec { count: 0, ..spec.clone() }).await, Err(SchedulerClientError::Refused(_))));
+    sched.stop().await;
 }

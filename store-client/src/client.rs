@@ -330,7 +330,42 @@ impl StoreClient {
         }
     }
 
+    /// Asks the scheduler (through the daemon) where to run tasks reading `spec.needs`; with
+    /// `prefetch` the chosen nodes start pulling what they miss at once.
+    pub fn place(&self, spec: &crate::placement::PlaceSpec, prefetch: bool) -> Result<crate::placement::PlaceOutcome> {
+        for need in &spec.needs {
+            name::validate(need)?;
+        }
+        match self.shared.call(&Request::Place { spec: spec.clone(), prefetch }, None)? {
+            (Response::Placed(p), _) => Ok(p),
+            (other, _) => Err(unexpected(other)),
+        }
+    }
+
     /// Has the daemon fill the object `name` from `url` (`s3://bucket/key`) and seal it.
+    /// Has `nodes` (every live node if `None`) load `url` into `name` together: each reads
+    /// a disjoint share from S3 and takes the rest from the others. Returns once every node
+    /// finished or failed (see each node's outcome).
+    pub fn pull_s3_cooperative(
+        &self,
+        url: &str,
+        name: &str,
+        nodes: Option<Vec<String>>,
+        timeout: Duration,
+    ) -> Result<crate::protocol::CooperativePull> {
+        name::validate(name)?;
+        let req = Request::PullS3Cooperative {
+            url: url.to_owned(),
+            name: name.to_owned(),
+            nodes,
+            timeout_ms: timeout.as_millis() as u64,
+        };
+        match self.shared.call(&req, None)? {
+            (Response::PulledS3Cooperative(p), _) => Ok(p),
+            (other, _) => Err(unexpected(other)),
+        }
+    }
+
     pub fn pull_s3(&self, url: &str, name: &str, opts: PullS3Options) -> Result<crate::protocol::S3Pull> {
         name::validate(name)?;
         let req = Request::PullS3 {

@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::chunkset::ChunkSet;
 use crate::manifest::{Digest, Manifest};
+use crate::protocol::S3Origin;
 
 /// ALPN of daemon <-> daemon connections.
 pub const PEER_ALPN: &[u8] = b"store-peer/1";
@@ -29,6 +30,9 @@ pub struct NodeInfo {
     pub labels: BTreeMap<String, String>,
     pub capacity: u64,
     pub free: u64,
+    /// Named resources with counts, for placement constraints (as Ray's custom resources);
+    /// `cpu` is also how many tasks the node runs at once.
+    pub resources: BTreeMap<String, u64>,
 }
 
 /// One object a node holds, in whole or in part.
@@ -42,7 +46,7 @@ pub struct Holding {
     pub chunks: ChunkSet,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum SchedulerRequest {
     /// First message of a (re)connecting daemon: its identity and everything it holds.
     Register {
@@ -74,6 +78,15 @@ pub enum SchedulerRequest {
         timeout_ms: u64,
     },
     Nodes,
+    /// Chooses nodes for tasks; answered with [`SchedulerResponse::Placed`].
+    Place {
+        spec: crate::placement::PlaceSpec,
+    },
+    /// A finished pull into `node`, for the inbound bandwidth estimate; answered `Ok`.
+    TransferReport {
+        node: NodeId,
+        report: crate::placement::TransferReport,
+    },
 }
 
 /// A holder of an object, as `locate` reports it.
@@ -101,7 +114,7 @@ pub struct NodeStatus {
     pub objects: u64,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum SchedulerResponse {
     Ok,
     /// The scheduler does not know this node (it restarted, or the lease expired):
@@ -112,6 +125,7 @@ pub enum SchedulerResponse {
     Error {
         message: String,
     },
+    Placed(crate::placement::Placement),
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -126,6 +140,20 @@ pub enum PeerRequest {
     /// `relay` false it pulls only from complete holders (single-source fan-out, for
     /// comparison).
     Pull { name: String, timeout_ms: u64, relay: bool },
+    /// Cooperative S3 fetch, first phase: download chunks `first..end` of the S3 object
+    /// `origin` into memory set aside for `name` (bound to nothing yet) and answer with their
+    /// hashes ([`PeerResponse::ShareFetched`]).
+    FetchShare { name: String, origin: S3Origin, chunk_size: u64, first: u64, end: u64 },
+    /// Second phase: receive `name` with this manifest (assembled from every node's share
+    /// hashes), starting from the share fetched in the first phase, and pull the rest from
+    /// the other nodes (the origin is the fallback); answered with [`PeerResponse::Pulled`].
+    CompleteShare { name: String, manifest: Manifest, origin: S3Origin, timeout_ms: u64 },
+    /// Forgets a share fetched in the first phase (the cooperative fetch failed elsewhere);
+    /// answered with [`PeerResponse::Dropped`].
+    DropShare { name: String },
+    /// Asks the peer to pull these objects in the background, in order (a scheduler's
+    /// placement with prefetch); answered at once with [`PeerResponse::Queued`].
+    Prefetch { names: Vec<String> },
 }
 
 /// What a peer reports of a finished pull.
@@ -143,6 +171,9 @@ pub struct PullReport {
     pub corrupt_chunks: u64,
     /// Chunk requests retried (corrupt, refused, timed out, peer lost).
     pub retries: u64,
+    /// Bytes this node read from the object's S3 origin (a cooperative share, or chunks
+    /// no peer could serve).
+    pub s3_bytes: u64,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -151,6 +182,9 @@ pub enum PeerResponse {
         manifest: Manifest,
         held: ChunkSet,
         uploads: u32,
+        /// The S3 object the content came from, if known: the fallback when no peer can
+        /// serve some chunks.
+        origin: Option<S3Origin>,
     },
     /// Followed by `len` raw bytes on the stream.
     Chunk {
@@ -166,5 +200,17 @@ pub enum PeerResponse {
     NotHeld,
     Error {
         message: String,
+    },
+    ShareFetched {
+        /// Hashes of the share's chunks, in order.
+        hashes: Vec<Digest>,
+        s3_bytes: u64,
+        seconds: f64,
+    },
+    Dropped,
+    /// How many of the names asked for were queued for prefetch (the others were held or
+    /// queued already).
+    Queued {
+        count: u32,
     },
 }

@@ -218,10 +218,155 @@ pub fn replicas_json(outcomes: &[crate::protocol::ReplicaOutcome]) -> serde_json
                 Ok(r) => serde_json::json!({
                     "node": o.node, "ok": true, "seconds": r.seconds, "bytes": r.bytes,
                     "mb_per_s": mb_per_s(r.bytes, r.seconds), "from": r.from, "already_present": r.already_present,
-                    "corrupt_chunks": r.corrupt_chunks, "retries": r.retries,
+                    "corrupt_chunks": r.corrupt_chunks, "retries": r.retries, "s3_bytes": r.s3_bytes,
                 }),
                 Err(e) => serde_json::json!({ "node": o.node, "ok": false, "error": e }),
             })
             .collect(),
     )
+}
+
+/// A cooperative fetch: one row per node with its share, what S3 served it, and the pull.
+pub fn cooperative_table(p: &crate::protocol::CooperativePull) -> String {
+    let mut out = format!(
+        "{} {} from {}: {:.3} s ({:.3} s reading shares), S3 served {} ({:.2} x the object), blake3 {}\n",
+        p.name,
+        bytesize::ByteSize(p.origin.size),
+        p.origin.url,
+        p.total_seconds,
+        p.share_seconds,
+        bytesize::ByteSize(p.s3_bytes),
+        p.s3_bytes as f64 / p.origin.size.max(1) as f64,
+        p.digest.to_hex()
+    );
+    out.push_str(&format!(
+        "{:<20} {:>13} {:>10} {:>10} {:>12}  {}\n",
+        "NODE", "SHARE", "SECONDS", "MB/S", "S3 BYTES", "FROM / ERROR"
+    ));
+    for o in &p.nodes {
+        let share = format!("{}..{}", o.share.0, o.share.1);
+        match &o.result {
+            Ok(r) => {
+                let from: Vec<String> = r.from.iter().map(|(n, b)| format!("{n}:{}", bytesize::ByteSize(*b))).collect();
+                out.push_str(&format!(
+                    "{:<20} {:>13} {:>10.3} {:>10.1} {:>12}  {}\n",
+                    o.node,
+                    share,
+                    r.seconds,
+                    mb_per_s(r.bytes, r.seconds),
+                    r.s3_bytes,
+                    from.join(" ")
+                ));
+            }
+            Err(e) => {
+                out.push_str(&format!("{:<20} {:>13} {:>10} {:>10} {:>12}  error: {e}\n", o.node, share, "-", "-", "-"))
+            }
+        }
+    }
+    out
+}
+
+pub fn cooperative_json(p: &crate::protocol::CooperativePull) -> serde_json::Value {
+    let nodes: Vec<serde_json::Value> = p
+        .nodes
+        .iter()
+        .map(|o| match &o.result {
+            Ok(r) => serde_json::json!({
+                "node": o.node, "ok": true, "share": [o.share.0, o.share.1], "seconds": r.seconds, "bytes": r.bytes,
+                "s3_bytes": r.s3_bytes, "from": r.from, "corrupt_chunks": r.corrupt_chunks, "retries": r.retries,
+            }),
+            Err(e) => serde_json::json!({ "node": o.node, "ok": false, "share": [o.share.0, o.share.1], "error": e }),
+        })
+        .collect();
+    serde_json::json!({
+        "name": p.name, "url": p.origin.url, "etag": p.origin.etag, "size": p.origin.size,
+        "blake3": p.digest.to_hex(), "share_seconds": p.share_seconds, "seconds": p.total_seconds,
+        "s3_bytes": p.s3_bytes, "s3_factor": p.s3_bytes as f64 / p.origin.size.max(1) as f64, "nodes": nodes,
+    })
+}
+
+fn rate_text(bytes_per_second: f64, assumed: bool) -> String {
+    let text = format!("{:.1}Mbit/s", bytes_per_second * 8.0 / 1e6);
+    if assumed { format!("{text}*") } else { text }
+}
+
+/// A placement: the node chosen for each task, then the ranking of every qualifying node,
+/// then what the prefetch requests got. `*` marks a bandwidth that is the scheduler's
+/// default, not an observation.
+pub fn placement_table(outcome: &crate::placement::PlaceOutcome) -> String {
+    let header = |first: &str| {
+        format!(
+            "{:<6} {:<20} {:>12} {:>10} {:>10} {:>10} {:>14}\n",
+            first, "NODE", "MISSING", "TRANSFER", "QUEUED", "START", "INBOUND"
+        )
+    };
+    let row = |first: String, e: &crate::placement::NodeEstimate| {
+        format!(
+            "{:<6} {:<20} {:>12} {:>9.2}s {:>9.2}s {:>9.2}s {:>14}\n",
+            first,
+            e.node,
+            bytesize::ByteSize(e.missing_bytes).to_string(),
+            e.transfer_seconds,
+            e.queued_seconds,
+            e.estimated_start_seconds,
+            rate_text(e.inbound_bytes_per_second, e.bandwidth_assumed)
+        )
+    };
+    let placement = &outcome.placement;
+    if placement.tasks.is_empty() {
+        return "no node qualifies\n".to_owned();
+    }
+    let mut out = header("TASK");
+    for (i, e) in placement.tasks.iter().enumerate() {
+        out.push_str(&row(i.to_string(), e));
+    }
+    out.push('\n');
+    out.push_str(&header("RANK"));
+    for (i, e) in placement.ranked.iter().enumerate() {
+        out.push_str(&row((i + 1).to_string(), e));
+    }
+    if !outcome.prefetch.is_empty() {
+        out.push('\n');
+        for p in &outcome.prefetch {
+            match &p.result {
+                Ok(()) => out.push_str(&format!("prefetch on {}: {} queued\n", p.node, p.names.join(","))),
+                Err(e) => out.push_str(&format!("prefetch on {}: error: {e}\n", p.node)),
+            }
+        }
+    }
+    out
+}
+
+pub fn placement_json(outcome: &crate::placement::PlaceOutcome) -> serde_json::Value {
+    let estimate = |e: &crate::placement::NodeEstimate| {
+        serde_json::json!({
+            "node": e.node, "addr": e.addr.to_string(), "missing_bytes": e.missing_bytes, "missing": e.missing,
+            "transfer_seconds": e.transfer_seconds, "queued_seconds": e.queued_seconds,
+            "estimated_seconds": e.estimated_start_seconds,
+            "inbound_bytes_per_second": e.inbound_bytes_per_second, "bandwidth_assumed": e.bandwidth_assumed,
+        })
+    };
+    serde_json::json!({
+        "tasks": outcome.placement.tasks.iter().map(estimate).collect::<Vec<_>>(),
+        "ranked": outcome.placement.ranked.iter().map(estimate).collect::<Vec<_>>(),
+        "prefetch": outcome.prefetch.iter().map(|p| match &p.result {
+            Ok(()) => serde_json::json!({ "node": p.node, "names": p.names, "ok": true }),
+            Err(e) => serde_json::json!({ "node": p.node, "names": p.names, "ok": false, "error": e }),
+        }).collect::<Vec<_>>(),
+    })
+}
+
+/// Parses `k=v` (a label constraint or a daemon label).
+pub fn parse_label(text: &str) -> Result<(String, String), String> {
+    match text.split_once('=') {
+        Some((k, v)) if !k.trim().is_empty() => Ok((k.trim().to_owned(), v.trim().to_owned())),
+        _ => Err(format!("{text:?} is not key=value")),
+    }
+}
+
+/// Parses `name=count` (a resource constraint or a node's resource).
+pub fn parse_resource(text: &str) -> Result<(String, u64), String> {
+    let (k, v) = parse_label(text)?;
+    let n = v.parse().map_err(|_| format!("{text:?}: the count must be a whole number"))?;
+    Ok((k, n))
 }

@@ -19,6 +19,7 @@ pub mod frame;
 pub mod manifest;
 pub mod metrics;
 pub mod name;
+pub mod placement;
 pub mod protocol;
 pub mod rpc;
 #[cfg(feature = "s3")]

@@ -18,7 +18,7 @@ pub const PROTOCOL_VERSION: u32 = 1;
 /// Object ids are unique for the daemon's lifetime; names can be rebound after a delete.
 pub type ObjectId = u64;
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum Request {
     /// Optional first request; answered with [`Response::Hello`].
     Hello { version: u32 },
@@ -63,6 +63,15 @@ pub enum Request {
     PullS3 { url: String, name: String, evictable: bool, part_size: Option<u64>, concurrency: Option<u32> },
     /// Where an object was ingested from; answered with [`Response::Origin`].
     Origin { name: String },
+    /// Cooperative fetch: each of `nodes` (every live node if `None`) reads a disjoint share
+    /// of the S3 object's chunks and takes the rest from the others, so S3 serves the object
+    /// about once for the whole group. Answered with [`Response::PulledS3Cooperative`] once
+    /// every node finished or failed. If a share cannot be fetched, no node keeps anything.
+    PullS3Cooperative { url: String, name: String, nodes: Option<Vec<NodeId>>, timeout_ms: u64 },
+    /// Asks the scheduler where to run tasks that read `spec.needs`; with `prefetch`, the
+    /// chosen nodes are also asked to start pulling what they miss. Answered with
+    /// [`Response::Placed`].
+    Place { spec: crate::placement::PlaceSpec, prefetch: bool },
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -90,6 +99,34 @@ pub enum Response {
     },
     PulledS3(S3Pull),
     Origin(Option<S3Origin>),
+    PulledS3Cooperative(CooperativePull),
+    Placed(crate::placement::PlaceOutcome),
+}
+
+/// The result of [`Request::PullS3Cooperative`].
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct CooperativePull {
+    pub name: String,
+    pub origin: S3Origin,
+    /// BLAKE3 of the content, assembled from the shares' chunk hashes.
+    pub digest: Digest,
+    /// Seconds of the first phase (every node reading its share from S3).
+    pub share_seconds: f64,
+    /// Seconds from request to the last node's sealed copy.
+    pub total_seconds: f64,
+    /// Bytes S3 served to the whole group (shares and fallbacks).
+    pub s3_bytes: u64,
+    pub nodes: Vec<CooperativeOutcome>,
+}
+
+/// One node's part of a cooperative fetch.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct CooperativeOutcome {
+    pub node: NodeId,
+    /// The chunks it read from S3 (`first..end`).
+    pub share: (u64, u64),
+    /// Its pull report (`s3_bytes` counts its share), or why it failed.
+    pub result: Result<PullReport, String>,
 }
 
 /// The S3 object an object was ingested from: a receiver that loses every peer can fall

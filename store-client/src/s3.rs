@@ -22,6 +22,9 @@
 //! `AWS_ACCESS_KEY_ID`/`AWS_SECRET_ACCESS_KEY`, profile files, IMDS) unless given
 //! explicitly; an S3-compatible server is reached with [`ENDPOINT_ENV`] (path-style by
 //! default when an endpoint is set).
+//!
+//! The writing side (multipart uploads straight from a store mapping, `storectl push`) is
+//! [`S3Writer`], in `s3/upload.rs`.
 
 use std::fmt;
 use std::str::FromStr;
@@ -37,6 +40,9 @@ use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_smithy_http_client::tls::{Provider, rustls_provider::CryptoMode};
 use futures_util::{StreamExt, stream};
 use thiserror::Error;
+
+mod upload;
+pub use upload::{MAX_PARTS, MIN_UPLOAD_PART_SIZE, S3Writer, UploadStats, object_body, upload_part_size};
 
 /// Endpoint URL of an S3-compatible server (`http://127.0.0.1:9000`); unset means AWS.
 pub const ENDPOINT_ENV: &str = "STORE_S3_ENDPOINT";
@@ -82,6 +88,14 @@ pub enum S3Error {
     Destination { have: u64, want: u64 },
     #[error("cannot start the S3 client runtime: {0}")]
     Runtime(#[source] std::io::Error),
+    #[error("the transfer was cancelled")]
+    Cancelled,
+    /// Without bucket and key fields (the URL is in `url`) and with the errors boxed, so
+    /// that `S3Error` stays small.
+    #[error(
+        "{cause}; multipart upload {upload_id} of {url} could not be aborted ({abort}): its parts stay until a lifecycle rule removes them"
+    )]
+    Abandoned { url: String, upload_id: String, cause: Box<S3Error>, abort: Box<S3Error> },
 }
 
 /// `s3://bucket/key`.
@@ -446,13 +460,31 @@ impl S3Reader {
         if dst.len() as u64 != meta.size {
             return Err(S3Error::Destination { have: dst.len() as u64, want: meta.size });
         }
+        self.download_range_into(url, meta, 0, dst, on_landed).await
+    }
+
+    /// Downloads bytes `offset..offset + dst.len()` of the object into `dst`, as
+    /// [`Self::download_into`] does for the whole object; `on_landed` gets object offsets.
+    /// A cooperative fetch has each node read one such share.
+    pub async fn download_range_into(
+        &self,
+        url: &S3Url,
+        meta: &ObjectMeta,
+        offset: u64,
+        dst: &mut [u8],
+        on_landed: &(dyn Fn(u64, u64) + Sync),
+    ) -> Result<DownloadStats, S3Error> {
+        if offset.checked_add(dst.len() as u64).is_none_or(|end| end > meta.size) {
+            return Err(S3Error::Destination { have: offset.saturating_add(dst.len() as u64), want: meta.size });
+        }
         let start = Instant::now();
         let retries = AtomicU64::new(0);
         let part_size = self.config.part_size as usize;
         // A queue and an explicit set of running parts rather than an iterator adaptor: a
         // closure held across the awaits makes the future not provably `Send`.
+        let dst_len = dst.len() as u64;
         let mut queue: std::collections::VecDeque<(u64, &mut [u8])> =
-            dst.chunks_mut(part_size).enumerate().map(|(i, part)| ((i * part_size) as u64, part)).collect();
+            dst.chunks_mut(part_size).enumerate().map(|(i, part)| (offset + (i * part_size) as u64, part)).collect();
         let mut running = stream::FuturesUnordered::new();
         let mut count = 0;
         loop {
@@ -469,7 +501,7 @@ impl S3Reader {
             }
         }
         Ok(DownloadStats {
-            bytes: meta.size,
+            bytes: dst_len,
             parts: count,
             retries: retries.load(Ordering::Relaxed),
             elapsed: start.elapsed(),

@@ -1,5 +1,6 @@
 //! Async client of the scheduler: what daemons (and tests) use to register, heartbeat,
-//! announce and withdraw holdings, and to locate objects or wait for them.
+//! announce and withdraw holdings, report transfers, locate objects or wait for them, and
+//! place tasks.
 //!
 //! One QUIC connection, opened lazily and shared by concurrent calls; each call is one
 //! request on its own stream ([`crate::rpc`]). Every request is idempotent (register and
@@ -151,6 +152,22 @@ impl SchedulerClient {
             SchedulerResponse::Nodes(nodes) => Ok(nodes),
             other => Err(unexpected(other)),
         }
+    }
+
+    /// Chooses nodes for tasks reading `spec.needs` (see [`crate::placement`]). Not strictly
+    /// idempotent: a retry after a lost answer counts the tasks twice in the queue estimate,
+    /// which only makes the nodes look a little busier until that work would have drained.
+    pub async fn place(&self, spec: &crate::placement::PlaceSpec) -> Result<crate::placement::Placement> {
+        let req = SchedulerRequest::Place { spec: spec.clone() };
+        match self.exchange(|| (req.clone(), self.request_timeout)).await? {
+            SchedulerResponse::Placed(placement) => Ok(placement),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Reports a finished pull into `node`, for the scheduler's bandwidth estimate.
+    pub async fn report_transfer(&self, node: &str, report: crate::placement::TransferReport) -> Result<()> {
+        self.expect_ok(SchedulerRequest::TransferReport { node: node.to_owned(), report }).await
     }
 
     /// Closes the connection (if open); a later call opens a new one.

@@ -3,6 +3,8 @@
 //! them ([`pull`], driving [`crate::replication::plan`]).
 
 pub mod announce;
+pub mod cooperative;
+pub mod placement;
 pub mod pull;
 pub mod serve;
 
@@ -36,6 +38,8 @@ pub struct ClusterConfig {
     pub scheduler_name: String,
     pub certs: CertPaths,
     pub labels: BTreeMap<String, String>,
+    /// Named resources with counts, for placement (`cpu`: tasks run at once).
+    pub resources: BTreeMap<String, u64>,
     /// Cap on bytes per second sent to peers (all uploads together).
     pub max_egress_rate: Option<u64>,
     pub heartbeat: Duration,
@@ -78,6 +82,14 @@ pub enum PullError {
     Io(String),
     #[error("the daemon is shutting down")]
     ShuttingDown,
+    #[error("{message}")]
+    S3 { code: ErrorCode, message: String },
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("{0:?} is already held in the cluster")]
+    AlreadyHeld(String),
+    #[error("cooperative fetch failed: {0}")]
+    Cooperative(String),
 }
 
 impl PullError {
@@ -91,6 +103,10 @@ impl PullError {
             PullError::Timeout(_) => ErrorCode::Timeout,
             PullError::Io(_) => ErrorCode::Io,
             PullError::ShuttingDown => ErrorCode::ShuttingDown,
+            PullError::S3 { code, .. } => *code,
+            PullError::BadRequest(_) => ErrorCode::BadRequest,
+            PullError::AlreadyHeld(_) => ErrorCode::AlreadyExists,
+            PullError::Cooperative(_) => ErrorCode::OriginFailed,
         }
     }
 }
@@ -138,6 +154,11 @@ pub struct Cluster {
     draining: tokio_util::sync::CancellationToken,
     /// Pull tasks, so that a draining daemon waits for them to clean up.
     pull_tasks: tokio_util::task::TaskTracker,
+    /// Inputs a placement asked this node to prefetch.
+    prefetch: std::sync::Mutex<placement::PrefetchQueue>,
+    /// Shares of cooperative S3 fetches between their two phases.
+    staged: std::sync::Mutex<HashMap<String, cooperative::StagedShare>>,
+    staged_generation: AtomicU64,
 }
 
 /// Largest piece written to a peer stream at once (and the limiter's burst).
@@ -187,6 +208,9 @@ impl Cluster {
             metrics,
             draining: tokio_util::sync::CancellationToken::new(),
             pull_tasks: tokio_util::task::TaskTracker::new(),
+            prefetch: std::sync::Mutex::default(),
+            staged: std::sync::Mutex::new(HashMap::new()),
+            staged_generation: AtomicU64::new(0),
         }))
     }
 
@@ -214,6 +238,7 @@ impl Cluster {
             labels: self.config.labels.clone(),
             capacity: store.capacity(),
             free: store.free(),
+            resources: self.config.resources.clone(),
         }
     }
 
@@ -298,19 +323,13 @@ impl Cluster {
                     match addr {
                         None => Err(format!("{node} is not a live node of the cluster")),
                         Some(addr) => {
-                            let ask = async {
-                                let conn = cluster.connect(&node, addr).await?;
-                                let req = PeerRequest::Pull { name, timeout_ms: timeout.as_millis() as u64, relay };
-                                match store_client::rpc::call::<_, PeerResponse>(&conn, &req).await {
-                                    Ok((PeerResponse::Pulled(report), _)) => Ok(report),
-                                    Ok((PeerResponse::Error { message }, _)) => Err(message),
-                                    Ok((other, _)) => Err(format!("unexpected answer {other:?}")),
-                                    Err(e) => Err(e.to_string()),
-                                }
-                            };
-                            tokio::time::timeout(timeout + Duration::from_secs(5), ask)
-                                .await
-                                .unwrap_or_else(|_| Err("timed out".into()))
+                            let req = PeerRequest::Pull { name, timeout_ms: timeout.as_millis() as u64, relay };
+                            match cluster.ask_peer(&node, addr, &req, timeout).await {
+                                Ok(PeerResponse::Pulled(report)) => Ok(report),
+                                Ok(PeerResponse::Error { message }) => Err(message),
+                                Ok(other) => Err(format!("unexpected answer {other:?}")),
+                                Err(e) => Err(e),
+                            }
                         }
                     }
                 };

@@ -24,6 +24,9 @@ pub struct DaemonConfig {
     /// On shutdown, how long requests and transfers under way may take to finish before
     /// they are cut.
     pub shutdown_grace: std::time::Duration,
+    /// S3 client settings (`--s3-*` flags); `None` reads the `STORE_S3_*` environment on
+    /// first use.
+    pub s3: Option<store_client::s3::S3Config>,
 }
 
 impl DaemonConfig {
@@ -44,6 +47,7 @@ impl DaemonConfig {
             cluster: None,
             metrics_addr: None,
             shutdown_grace: std::time::Duration::from_secs(30),
+            s3: None,
         }
     }
 

@@ -289,6 +289,19 @@ impl Connection {
                 }
                 pulled
             }
+            Request::Place { spec, prefetch } => {
+                for need in &spec.needs {
+                    check_name(need)?;
+                }
+                let cluster = self.cluster()?.clone();
+                Ok((Response::Placed(cluster.place(spec, prefetch).await?), None))
+            }
+            Request::PullS3Cooperative { url, name, nodes, timeout_ms } => {
+                check_name(&name)?;
+                let cluster = self.cluster()?.clone();
+                let pulled = cluster.pull_s3_cooperative(&url, &name, nodes, Duration::from_millis(timeout_ms)).await?;
+                Ok((Response::PulledS3Cooperative(pulled), None))
+            }
             Request::Origin { name } => {
                 check_name(&name)?;
                 let info = self.shared.store().stat(&name)?;
@@ -416,7 +429,10 @@ impl Connection {
         match adopted {
             Adopted::New(info) => {
                 let metrics = self.shared.metrics();
-                metrics.transfer_bytes(source, Direction::In, info.size);
+                // S3 bytes were counted part by part as they landed (s3_ingest).
+                if source != Source::S3 {
+                    metrics.transfer_bytes(source, Direction::In, info.size);
+                }
                 metrics.transfer_completed(source, info.size, started.elapsed());
                 self.shared.notify_sealed();
                 Ok((Response::Sealed(info), None))

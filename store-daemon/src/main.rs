@@ -58,6 +58,10 @@ struct Args {
     /// Labels for placement, e.g. site=cloud,rack=r1.
     #[arg(long = "label", env = "STORE_LABELS", value_delimiter = ',')]
     labels: Vec<String>,
+    /// Resources for placement constraints, e.g. cpu=16,gpu=2 (`cpu` is also how many tasks
+    /// the scheduler expects this node to run at once).
+    #[arg(long = "resource", env = "STORE_RESOURCES", value_delimiter = ',')]
+    resources: Vec<String>,
     /// Cap on replication traffic sent to peers, in bits per second (e.g. 200Mbit, 1Gbit).
     #[arg(long, env = "STORE_MAX_EGRESS_RATE")]
     max_egress_rate: Option<String>,
@@ -76,6 +80,40 @@ struct Args {
     /// Log filter, in tracing's EnvFilter syntax.
     #[arg(long, env = "STORE_LOG", default_value = "info")]
     log: String,
+    /// S3-compatible endpoint for `storectl pull s3://...`, e.g. http://10.0.0.20:9000
+    /// [default: AWS S3]. Credentials come from the standard AWS chain (AWS_ACCESS_KEY_ID, ...).
+    #[arg(long, env = store_client::s3::ENDPOINT_ENV)]
+    s3_endpoint: Option<String>,
+    /// S3 region [default: AWS_REGION or the AWS profile, else us-east-1].
+    #[arg(long, env = store_client::s3::REGION_ENV)]
+    s3_region: Option<String>,
+    /// Path-style S3 addressing (http://host/bucket/key); `--s3-path-style=false` for
+    /// virtual-hosted style [default: path-style exactly when --s3-endpoint is set].
+    #[arg(long, env = store_client::s3::PATH_STYLE_ENV, num_args = 0..=1, default_missing_value = "true",
+          value_parser = clap::builder::BoolishValueParser::new())]
+    s3_path_style: Option<bool>,
+    /// Size of each ranged GET of an S3 download.
+    #[arg(long, env = store_client::s3::PART_SIZE_ENV, default_value = "8MiB")]
+    s3_part_size: bytesize::ByteSize,
+    /// Ranged GETs in flight per S3 download.
+    #[arg(long, env = store_client::s3::CONCURRENCY_ENV, default_value_t = store_client::s3::DEFAULT_CONCURRENCY)]
+    s3_concurrency: usize,
+    /// Attempts per S3 request (and per part without progress) before giving up.
+    #[arg(long, env = store_client::s3::MAX_ATTEMPTS_ENV, default_value_t = 8)]
+    s3_max_attempts: u32,
+}
+
+/// The S3 client settings from the `--s3-*` flags (each with its `STORE_S3_*` variable).
+fn s3_config(args: &Args) -> anyhow::Result<store_client::s3::S3Config> {
+    let config = store_client::s3::S3Config {
+        endpoint: args.s3_endpoint.clone().filter(|e| !e.trim().is_empty()),
+        region: args.s3_region.clone().filter(|r| !r.trim().is_empty()),
+        path_style: args.s3_path_style,
+        max_attempts: args.s3_max_attempts,
+        ..Default::default()
+    };
+    // with_overrides validates the whole configuration.
+    Ok(config.with_overrides(Some(args.s3_part_size.as_u64()), Some(args.s3_concurrency))?)
 }
 
 /// Parses a rate such as `200Mbit`, `1.5Gbit` or `25MB` (bytes) into bytes per second.
@@ -126,6 +164,11 @@ fn cluster_config(args: &Args) -> anyhow::Result<Option<ClusterConfig>> {
         let (k, v) = label.split_once('=').with_context(|| format!("label {label:?} is not key=value"))?;
         labels.insert(k.to_owned(), v.to_owned());
     }
+    let mut resources = std::collections::BTreeMap::new();
+    for resource in &args.resources {
+        let (k, n) = store_client::ctl::parse_resource(resource).map_err(|e| anyhow::anyhow!("--resource {e}"))?;
+        resources.insert(k, n);
+    }
     let max_egress_rate = args.max_egress_rate.as_deref().map(parse_rate).transpose()?;
     Ok(Some(ClusterConfig {
         node_id,
@@ -135,6 +178,7 @@ fn cluster_config(args: &Args) -> anyhow::Result<Option<ClusterConfig>> {
         scheduler_name: args.scheduler_name.clone(),
         certs,
         labels,
+        resources,
         max_egress_rate,
         heartbeat: std::time::Duration::from_millis(args.heartbeat_ms.max(50)),
         corrupt_served_chunks: args.fault_corrupt_chunks,
@@ -167,6 +211,7 @@ fn main() -> anyhow::Result<()> {
     config.cluster = cluster_config(&args)?;
     config.metrics_addr = args.metrics_addr;
     config.shutdown_grace = std::time::Duration::from_secs(args.shutdown_grace_secs);
+    config.s3 = Some(s3_config(&args).context("bad --s3-* setting")?);
 
     let fd_limit = store_daemon::server::raise_fd_limit();
     tracing::info!(fd_limit, "open-file limit (one descriptor per object)");

@@ -4,18 +4,22 @@
 //! as in [`crate::ingest::copy_hash_and_seal`]: the daemon created the memfd and no one else
 //! holds a descriptor to it. Any error drops the memfd: nothing is bound or sealed.
 //!
-//! The S3 client is built on first use from the daemon's environment
-//! ([`store_client::s3::S3Config::from_env`]: `STORE_S3_ENDPOINT`, `AWS_ACCESS_KEY_ID`, ...),
-//! and the origin of every ingested object is kept by object id.
+//! The S3 client is built on first use from the daemon's `--s3-*` settings, or else its
+//! environment ([`store_client::s3::S3Config::from_env`]: `STORE_S3_ENDPOINT`, ...); the
+//! credentials always come from the standard AWS chain (`AWS_ACCESS_KEY_ID`, ...). The
+//! origin of every ingested object is kept by object id. S3 bytes are counted in
+//! `store_transfer_bytes_total{source="s3",direction="in"}` as each ranged GET part lands,
+//! so a download's rate shows while it runs (not at the seal).
 
 use std::collections::HashMap;
+use std::ops::Range;
 use std::os::fd::{AsFd, OwnedFd};
 use std::sync::{Arc, Mutex, mpsc};
 use std::time::Instant;
 
 use store_client::manifest::{self, Digest, Manifest, ManifestError};
 use store_client::protocol::{ErrorCode, ObjectId, S3Origin};
-use store_client::s3::{DownloadStats, S3Config, S3Error, S3Reader, S3Url};
+use store_client::s3::{DownloadStats, ObjectMeta, S3Config, S3Error, S3Reader, S3Url};
 use store_client::sys::{self, ReadOnlyMapping, WritableMapping};
 use thiserror::Error;
 use tokio::sync::OnceCell;
@@ -32,6 +36,8 @@ pub enum S3IngestError {
     Manifest(#[from] ManifestError),
     #[error("hashing thread failed")]
     Hasher,
+    #[error("chunks {first}..{end} are not a share of an object of {count} chunks")]
+    Share { first: u64, end: u64, count: u64 },
 }
 
 impl S3IngestError {
@@ -43,6 +49,7 @@ impl S3IngestError {
             S3IngestError::S3(_) => ErrorCode::OriginFailed,
             S3IngestError::Io(_) | S3IngestError::Seal(_) => ErrorCode::Io,
             S3IngestError::Manifest(_) | S3IngestError::Hasher => ErrorCode::Internal,
+            S3IngestError::Share { .. } => ErrorCode::BadRequest,
         }
     }
 }
@@ -62,11 +69,51 @@ pub struct Fetched {
 pub struct S3Ingest {
     reader: OnceCell<S3Reader>,
     origins: Mutex<HashMap<ObjectId, S3Origin>>,
+    /// The daemon's `--s3-*` settings; `None`: from the environment.
+    config: Option<S3Config>,
+    metrics: Arc<crate::metrics::DaemonMetrics>,
 }
 
 impl S3Ingest {
+    pub fn new(config: Option<S3Config>, metrics: Arc<crate::metrics::DaemonMetrics>) -> Self {
+        Self { config, metrics, ..Self::default() }
+    }
+
     async fn reader(&self) -> Result<&S3Reader, S3Error> {
-        self.reader.get_or_try_init(|| async { S3Reader::new(S3Config::from_env()?).await }).await
+        self.reader
+            .get_or_try_init(|| async {
+                let config = match &self.config {
+                    Some(c) => c.clone(),
+                    None => S3Config::from_env()?,
+                };
+                S3Reader::new(config).await
+            })
+            .await
+    }
+
+    /// `bytes` of an object arrived from S3 (a ranged GET part landed).
+    pub fn count_landed(&self, bytes: u64) {
+        use crate::metrics::{Direction, Source};
+        self.metrics.transfer_bytes(Source::S3, Direction::In, bytes);
+    }
+
+    /// The reader for one request: the daemon's, or one with overridden part size and
+    /// concurrency.
+    async fn reader_with(&self, part_size: Option<u64>, concurrency: Option<u32>) -> Result<S3Reader, S3Error> {
+        let base = self.reader().await?;
+        if part_size.is_some() || concurrency.is_some() {
+            let config = base.config().clone().with_overrides(part_size, concurrency.map(|c| c as usize))?;
+            S3Reader::new(config).await
+        } else {
+            Ok(base.clone())
+        }
+    }
+
+    /// Size and ETag of the object at `url`.
+    pub async fn head(&self, url: &str) -> Result<S3Origin, S3IngestError> {
+        let parsed: S3Url = url.parse()?;
+        let meta = self.reader().await?.head(&parsed).await?;
+        Ok(S3Origin { url: parsed.to_string(), etag: meta.etag, size: meta.size })
     }
 
     /// Downloads `url` into a new sealed memfd (checking `room(size)` before allocating).
@@ -78,74 +125,47 @@ impl S3Ingest {
         concurrency: Option<u32>,
         room: impl FnOnce(u64) -> Result<(), crate::store::StoreError>,
     ) -> Result<Result<Fetched, crate::store::StoreError>, S3IngestError> {
-        let url: S3Url = url.parse()?;
-        let base = self.reader().await?;
-        let reader = if part_size.is_some() || concurrency.is_some() {
-            let config = base.config().clone().with_overrides(part_size, concurrency.map(|c| c as usize))?;
-            S3Reader::new(config).await?
-        } else {
-            base.clone()
-        };
-        let meta = reader.head(&url).await?;
+        let parsed: S3Url = url.parse()?;
+        let reader = self.reader_with(part_size, concurrency).await?;
+        let meta = reader.head(&parsed).await?;
         if let Err(e) = room(meta.size) {
             return Ok(Err(e));
         }
-        let size = meta.size;
-        let fd = sys::create_memfd(size)?;
-        let hashing = Arc::new(ReadOnlyMapping::new_exclusive(fd.as_fd(), size)?);
-        let mut writable = WritableMapping::new(fd.as_fd(), size)?;
+        let count = manifest::chunk_count(meta.size, chunk_size);
+        let filled = fill_and_hash(&reader, &parsed, &meta, chunk_size, 0..count, &|n| self.count_landed(n)).await?;
+        sys::seal_immutable(filled.fd.as_fd())?;
+        let manifest = Manifest::from_chunk_hashes(meta.size, chunk_size, filled.hashes)?;
+        let origin = S3Origin { url: parsed.to_string(), etag: meta.etag, size: meta.size };
+        Ok(Ok(Fetched { fd: filled.fd, manifest, mapping: filled.mapping, origin, stats: filled.stats }))
+    }
 
-        let count = manifest::chunk_count(size, chunk_size);
-        let (landed_tx, landed_rx) = mpsc::channel::<u64>();
-        let map = hashing.clone();
-        let hasher = tokio::task::spawn_blocking(move || {
-            let mut chunks = Vec::with_capacity(count as usize);
-            for index in landed_rx {
-                let bytes = manifest::chunk_bytes(&map, index, chunk_size);
-                chunks.push((index, manifest::chunk_hash(index, bytes, size, chunk_size)));
-            }
-            chunks
-        });
-        // Bytes still missing per chunk; a chunk goes to the hasher when it reaches zero.
-        let missing: Mutex<Vec<u64>> = Mutex::new((0..count).map(|i| chunk_size.min(size - i * chunk_size)).collect());
-        if size == 0 {
-            // The one empty chunk has nothing to wait for.
-            let _ = landed_tx.send(0);
+    /// Downloads chunks `chunks` of the object `origin` names into a new memfd of the
+    /// object's full size (the pages of other chunks stay unallocated), not sealed: the
+    /// first phase of a cooperative fetch. Checks `room(size)` first.
+    pub async fn fetch_share(
+        &self,
+        origin: &S3Origin,
+        chunk_size: u64,
+        chunks: Range<u64>,
+        room: impl FnOnce(u64) -> Result<(), crate::store::StoreError>,
+    ) -> Result<Result<Filled, crate::store::StoreError>, S3IngestError> {
+        let parsed: S3Url = origin.url.parse()?;
+        let reader = self.reader().await?.clone();
+        let meta = ObjectMeta { size: origin.size, etag: origin.etag.clone() };
+        if let Err(e) = room(meta.size) {
+            return Ok(Err(e));
         }
-        let tx = Mutex::new(landed_tx);
-        let on_landed = |offset: u64, len: u64| {
-            let mut missing = missing.lock().unwrap_or_else(|p| p.into_inner());
-            let (mut at, end) = (offset, offset + len);
-            while at < end {
-                let index = at / chunk_size;
-                let upto = ((index + 1) * chunk_size).min(end);
-                if let Some(m) = missing.get_mut(index as usize) {
-                    *m -= upto - at;
-                    if *m == 0 {
-                        let _ = tx.lock().unwrap_or_else(|p| p.into_inner()).send(index);
-                    }
-                }
-                at = upto;
-            }
-        };
-        let downloaded = reader.download_into(&url, &meta, writable.as_mut_slice(), &on_landed).await;
-        // Unmapped before sealing (F_SEAL_WRITE refuses while a writable mapping exists),
-        // and the hasher told that nothing more will land.
-        drop(writable);
-        drop(tx);
-        let hashed = hasher.await.map_err(|_| S3IngestError::Hasher)?;
-        let stats = downloaded?;
-        let mut hashed = hashed;
-        if hashed.len() as u64 != count {
-            return Err(S3IngestError::Hasher);
-        }
-        hashed.sort_unstable_by_key(|(i, _)| *i);
-        let chunks: Vec<Digest> = hashed.into_iter().map(|(_, d)| d).collect();
-        sys::seal_immutable(fd.as_fd())?;
-        let manifest = Manifest::from_chunk_hashes(size, chunk_size, chunks)?;
-        let mapping = Arc::try_unwrap(hashing).map_err(|_| S3IngestError::Hasher)?;
-        let origin = S3Origin { url: url.to_string(), etag: meta.etag, size };
-        Ok(Ok(Fetched { fd, manifest, mapping, origin, stats }))
+        Ok(Ok(fill_and_hash(&reader, &parsed, &meta, chunk_size, chunks, &|n| self.count_landed(n)).await?))
+    }
+
+    /// Reads bytes `range` of the object `origin` names into `dst` (its length): a receiver
+    /// whose peers hold no copy of some chunks falls back to the S3 object they came from.
+    pub async fn read_range(&self, origin: &S3Origin, offset: u64, dst: &mut [u8]) -> Result<u64, S3IngestError> {
+        let parsed: S3Url = origin.url.parse()?;
+        let meta = ObjectMeta { size: origin.size, etag: origin.etag.clone() };
+        let counted = |_, len| self.count_landed(len);
+        let stats = self.reader().await?.download_range_into(&parsed, &meta, offset, dst, &counted).await?;
+        Ok(stats.bytes)
     }
 
     pub fn record(&self, id: ObjectId, origin: S3Origin) {
@@ -155,6 +175,92 @@ impl S3Ingest {
     pub fn origin(&self, id: ObjectId) -> Option<S3Origin> {
         self.origins.lock().unwrap_or_else(|p| p.into_inner()).get(&id).cloned()
     }
+}
+
+/// A memfd filled with some chunks of an S3 object, not sealed, and their hashes.
+#[derive(Debug)]
+pub struct Filled {
+    pub fd: OwnedFd,
+    pub mapping: ReadOnlyMapping,
+    /// Hashes of the chunks downloaded, in order.
+    pub hashes: Vec<Digest>,
+    pub stats: DownloadStats,
+}
+
+/// Creates a memfd of the object's size and fills chunks `chunks` of it with parallel
+/// ranged GETs, each chunk hashed on another thread as soon as all of its bytes landed;
+/// `landed(bytes)` as each part lands (the metrics).
+async fn fill_and_hash(
+    reader: &S3Reader,
+    url: &S3Url,
+    meta: &ObjectMeta,
+    chunk_size: u64,
+    chunks: Range<u64>,
+    landed: &(dyn Fn(u64) + Sync),
+) -> Result<Filled, S3IngestError> {
+    let size = meta.size;
+    let count = manifest::chunk_count(size, chunk_size);
+    if chunks.start > chunks.end || chunks.end > count {
+        return Err(S3IngestError::Share { first: chunks.start, end: chunks.end, count });
+    }
+    let fd = sys::create_memfd(size)?;
+    let hashing = Arc::new(ReadOnlyMapping::new_exclusive(fd.as_fd(), size)?);
+    let mut writable = WritableMapping::new(fd.as_fd(), size)?;
+    let first_byte = (chunks.start * chunk_size).min(size);
+    let end_byte = (chunks.end * chunk_size).min(size);
+
+    let (landed_tx, landed_rx) = mpsc::channel::<u64>();
+    let map = hashing.clone();
+    let wanted = chunks.end - chunks.start;
+    let hasher = tokio::task::spawn_blocking(move || {
+        let mut hashed = Vec::with_capacity(wanted as usize);
+        for index in landed_rx {
+            let bytes = manifest::chunk_bytes(&map, index, chunk_size);
+            hashed.push((index, manifest::chunk_hash(index, bytes, size, chunk_size)));
+        }
+        hashed
+    });
+    // Bytes still missing per chunk of the share; a chunk goes to the hasher at zero.
+    let missing: Mutex<Vec<u64>> =
+        Mutex::new(chunks.clone().map(|i| chunk_size.min(size.saturating_sub(i * chunk_size))).collect());
+    for (i, m) in missing.lock().unwrap_or_else(|p| p.into_inner()).iter().enumerate() {
+        if *m == 0 {
+            // An empty object's one chunk has nothing to wait for.
+            let _ = landed_tx.send(chunks.start + i as u64);
+        }
+    }
+    let tx = Mutex::new(landed_tx);
+    let on_landed = |offset: u64, len: u64| {
+        landed(len);
+        let mut missing = missing.lock().unwrap_or_else(|p| p.into_inner());
+        let (mut at, end) = (offset, offset + len);
+        while at < end {
+            let index = at / chunk_size;
+            let upto = ((index + 1) * chunk_size).min(end);
+            if let Some(m) = index.checked_sub(chunks.start).and_then(|i| missing.get_mut(i as usize)) {
+                *m -= upto - at;
+                if *m == 0 {
+                    let _ = tx.lock().unwrap_or_else(|p| p.into_inner()).send(index);
+                }
+            }
+            at = upto;
+        }
+    };
+    let dst = &mut writable.as_mut_slice()[first_byte as usize..end_byte as usize];
+    let downloaded = reader.download_range_into(url, meta, first_byte, dst, &on_landed).await;
+    // Unmapped before anyone seals (F_SEAL_WRITE refuses while a writable mapping exists),
+    // and the hasher told that nothing more will land.
+    drop(writable);
+    drop(tx);
+    let mut hashed = hasher.await.map_err(|_| S3IngestError::Hasher)?;
+    let stats = downloaded?;
+    if hashed.len() as u64 != wanted {
+        return Err(S3IngestError::Hasher);
+    }
+    hashed.sort_unstable_by_key(|(i, _)| *i);
+    let hashes = hashed.into_iter().map(|(_, d)| d).collect();
+    let mapping = Arc::try_unwrap(hashing).map_err(|_| S3IngestError::Hasher)?;
+    Ok(Filled { fd, mapping, hashes, stats })
 }
 
 /// Seconds since `start`, for reports.

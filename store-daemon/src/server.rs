@@ -56,14 +56,16 @@ pub struct Shared {
 impl Shared {
     pub fn new(config: DaemonConfig) -> Self {
         let store = Store::new(config.capacity, config.chunk_size);
+        let metrics = Arc::new(DaemonMetrics::new());
+        let s3 = crate::s3_ingest::S3Ingest::new(config.s3.clone(), metrics.clone());
         Self {
             config,
             store: Mutex::new(store),
             sealed: watch::channel(0).0,
             next_conn: 0.into(),
             cluster: std::sync::OnceLock::new(),
-            metrics: Arc::new(DaemonMetrics::new()),
-            s3: Default::default(),
+            metrics,
+            s3,
         }
     }
 

@@ -108,6 +108,7 @@ pub enum Lookup {
 /// What a peer may read of an object.
 #[derive(Debug, Clone)]
 pub struct PeerView {
+    pub id: ObjectId,
     pub manifest: Arc<Manifest>,
     pub held: ChunkSet,
     pub mapping: Arc<ReadOnlyMapping>,
@@ -436,15 +437,17 @@ impl Store {
     /// What a peer may read of `name`: the manifest, the chunks held and the daemon's
     /// own mapping of them. Sealed objects and objects being received are served.
     pub fn peer_view(&self, name: &str) -> Option<PeerView> {
-        let obj = self.objects.get(self.names.get(name)?)?;
+        let id = *self.names.get(name)?;
+        let obj = self.objects.get(&id)?;
         match &obj.phase {
             Phase::Sealed { manifest, mapping } => Some(PeerView {
+                id,
                 manifest: manifest.clone(),
                 held: ChunkSet::full(manifest.chunk_count()),
                 mapping: mapping.clone(),
             }),
             Phase::Receiving { manifest, mapping, held } => {
-                Some(PeerView { manifest: manifest.clone(), held: held.clone(), mapping: mapping.clone() })
+                Some(PeerView { id, manifest: manifest.clone(), held: held.clone(), mapping: mapping.clone() })
             }
             Phase::Pending { .. } => None,
         }

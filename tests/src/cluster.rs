@@ -29,6 +29,13 @@ pub struct ClusterSpec {
     pub daemon_args: Vec<String>,
     /// Log filter of the daemons and the scheduler.
     pub log: String,
+    /// Extra environment of every daemon (e.g. S3 credentials).
+    pub daemon_env: Vec<(String, String)>,
+    /// Extra daemon arguments per host (index = host), after `daemon_args`: labels,
+    /// resources.
+    pub host_args: Vec<Vec<String>>,
+    /// Extra scheduler arguments.
+    pub scheduler_args: Vec<String>,
 }
 
 impl ClusterSpec {
@@ -39,6 +46,9 @@ impl ClusterSpec {
             lease_ms: 3000,
             daemon_args: Vec::new(),
             log: "warn".into(),
+            daemon_env: Vec::new(),
+            host_args: Vec::new(),
+            scheduler_args: Vec::new(),
         }
     }
 }
@@ -121,6 +131,7 @@ impl TestCluster {
             .arg("scheduler")
             .arg("--lease-ms")
             .arg(self.spec.lease_ms.to_string())
+            .args(&self.spec.scheduler_args)
             .env("STORE_LOG", &self.spec.log)
             .stdin(Stdio::null());
         self.scheduler = Some(NsChild::spawn(&mut cmd)?);
@@ -153,10 +164,17 @@ impl TestCluster {
             .arg("--heartbeat-ms")
             .arg((self.spec.lease_ms / 4).max(50).to_string())
             .args(&self.spec.daemon_args)
+            .args(self.spec.host_args.get(i).into_iter().flatten())
             .args(extra)
+            .envs(self.spec.daemon_env.iter().map(|(k, v)| (k, v)))
             .env("STORE_LOG", &self.spec.log)
             .stdin(Stdio::null());
         NsChild::spawn(&mut cmd)
+    }
+
+    /// The environment of daemons started from now on.
+    pub fn set_daemon_env(&mut self, env: Vec<(String, String)>) {
+        self.spec.daemon_env = env;
     }
 
     /// Replaces daemon `i` with one started with `extra` arguments.

@@ -13,6 +13,9 @@
 //!   (same TLS and transport settings as the daemons, [`quinn_source`] / [`quinn_sink`] run
 //!   in the hosts) and iperf3 TCP, all in the same run.
 //!
+//! - `s3` (and `s3-coop`, the cooperative fetch's extension point): S3 downloads from an
+//!   endpoint on its own fast-linked host; see [`s3`].
+//!
 //! Bounds: S/B is the object size over the configured link rate. tbf counts whole Ethernet
 //! frames, so no payload ever reaches S/B: a TCP stream (what iperf3 measures) carries
 //! `R * (MTU - 52) / (MTU + 14)` of payload, QUIC a little less.
@@ -35,6 +38,8 @@ use crate::netns::{LinkSpec, NsChild, run_checked};
 use crate::payload;
 use crate::workspace_bin;
 
+pub mod s3;
+
 /// Name of the benchmark object.
 pub const OBJECT: &str = "bench/object.bin";
 /// UDP port of the bare quinn sink.
@@ -52,6 +57,10 @@ pub enum Case {
     Local,
     Broadcast,
     Unshaped,
+    /// S3 downloads: N hosts each directly, k consumers on one host direct vs one store copy.
+    S3,
+    /// Cooperative S3 fetch to N hosts: each reads a disjoint share from S3, the rest from the others.
+    S3Coop,
 }
 
 /// What to run.
@@ -75,6 +84,10 @@ pub struct BenchConfig {
     pub unshaped_mtus: Vec<u32>,
     /// Log filter of the daemons and the scheduler (`STORE_LOG`).
     pub log: String,
+    /// Rate of the S3 endpoint host's link, Mbit/s (the S3 cases).
+    pub s3_rate_mbit: u32,
+    /// Largest number of consumers on one host (the S3 cases).
+    pub max_k: usize,
 }
 
 impl BenchConfig {
@@ -223,6 +236,8 @@ pub struct BenchReport {
     pub broadcast_rounds: Vec<BroadcastRound>,
     pub unshaped: Vec<UnshapedReport>,
     pub targets: Vec<Target>,
+    /// The S3 cases.
+    pub s3: Option<s3::S3Report>,
 }
 
 /// Median of `values` (NaN when empty).
@@ -250,6 +265,8 @@ fn receiver_line(r: &ReceiverRow) -> String {
         Case::Broadcast => "broadcast",
         Case::Local => "local",
         Case::Unshaped => "unshaped",
+        Case::S3 => "s3",
+        Case::S3Coop => "s3-coop",
     };
     if let Some(e) = &r.error {
         return format!("{case:<10} {relay:<5} {:>3} {:>5} {:<8} FAILED: {e}", r.n, r.round, r.node);
@@ -418,6 +435,7 @@ pub fn run(cfg: &BenchConfig, mut say: impl FnMut(String)) -> anyhow::Result<Ben
         broadcast_rounds: Vec::new(),
         unshaped: Vec::new(),
         targets: Vec::new(),
+        s3: None,
     };
     let wants = |c: Case| cfg.cases.contains(&c);
 
@@ -530,6 +548,9 @@ pub fn run(cfg: &BenchConfig, mut say: impl FnMut(String)) -> anyhow::Result<Ben
         }
         drop(cluster);
     }
+    if wants(Case::S3) || wants(Case::S3Coop) {
+        report.s3 = Some(s3::run(cfg, &data, wants(Case::S3), wants(Case::S3Coop), &mut say)?);
+    }
     drop(data);
 
     if wants(Case::Unshaped) {
@@ -540,6 +561,9 @@ pub fn run(cfg: &BenchConfig, mut say: impl FnMut(String)) -> anyhow::Result<Ben
     }
 
     report.targets = evaluate(cfg, &report);
+    if let Some(s3) = &report.s3 {
+        report.targets.extend(s3::targets(cfg, s3));
+    }
     say("\ntargets:".into());
     for t in &report.targets {
         say(format!("  [{}] {}: {}", if t.met { "met" } else { "NOT met" }, t.target, t.detail));

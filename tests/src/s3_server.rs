@@ -11,8 +11,14 @@
 //! file's identity (device, inode, size, mtime): a replaced object gets a new one, and
 //! `If-Match` on GET and HEAD is honoured, so a client can detect a replacement mid-download.
 //!
-//! Test knobs ([`Faults`]): answer the next N GET/HEAD requests with 503 SlowDown, and sleep
-//! before every block of a GET body to make downloads slow enough to disturb.
+//! Multipart uploads stage each part in a file under `ROOT/.uploads/UPLOAD_ID/` (a name no
+//! bucket can have) and concatenate them in the kernel (`copy_file_range`) on completion;
+//! the object's ETag is then the file-identity ETag that HEAD and GET return. As S3 does, a
+//! part other than the last must be at least 5 MiB, and completion checks each part's ETag.
+//!
+//! Test knobs ([`Faults`]): answer the next N GET/HEAD requests (or N UploadParts) with 503
+//! SlowDown, and sleep before every block of a GET body to make downloads slow enough to
+//! disturb.
 
 use std::io;
 use std::net::SocketAddr;
@@ -26,8 +32,10 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 use hyper_util::rt::TokioIo;
 use s3s::dto::{
-    CreateBucketInput, CreateBucketOutput, ETag, ETagCondition, GetObjectInput, GetObjectOutput, HeadBucketInput,
-    HeadBucketOutput, HeadObjectInput, HeadObjectOutput, PutObjectInput, PutObjectOutput, StreamingBlob, Timestamp,
+    AbortMultipartUploadInput, AbortMultipartUploadOutput, CompleteMultipartUploadInput, CompleteMultipartUploadOutput,
+    CreateBucketInput, CreateBucketOutput, CreateMultipartUploadInput, CreateMultipartUploadOutput, ETag,
+    ETagCondition, GetObjectInput, GetObjectOutput, HeadBucketInput, HeadBucketOutput, HeadObjectInput,
+    HeadObjectOutput, PutObjectInput, PutObjectOutput, StreamingBlob, Timestamp, UploadPartInput, UploadPartOutput,
 };
 use s3s::{S3, S3Request, S3Response, S3Result, s3_error};
 use tokio::net::TcpListener;
@@ -49,6 +57,8 @@ pub struct Faults {
     block_delay_us: AtomicU64,
     served_503: AtomicU64,
     body_bytes: AtomicU64,
+    unavailable_parts: AtomicU32,
+    uploaded_bytes: AtomicU64,
 }
 
 impl Faults {
@@ -75,6 +85,25 @@ impl Faults {
     /// GET body bytes read from files so far.
     pub fn body_bytes(&self) -> u64 {
         self.body_bytes.load(Ordering::SeqCst)
+    }
+
+    /// The next `n` UploadPart requests answer 503 SlowDown.
+    pub fn fail_next_parts(&self, n: u32) {
+        self.unavailable_parts.store(n, Ordering::SeqCst);
+    }
+
+    /// Request body bytes of PutObject and UploadPart stored so far.
+    pub fn uploaded_bytes(&self) -> u64 {
+        self.uploaded_bytes.load(Ordering::SeqCst)
+    }
+
+    fn take_unavailable_part(&self) -> bool {
+        let took =
+            self.unavailable_parts.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1)).is_ok();
+        if took {
+            self.served_503.fetch_add(1, Ordering::SeqCst);
+        }
+        took
     }
 
     fn take_unavailable(&self, get: bool) -> bool {
@@ -144,6 +173,60 @@ impl DirBackend {
         }
         Ok((file, meta))
     }
+}
+
+/// Directory of the multipart uploads under way (bucket names cannot start with `.`).
+pub const UPLOADS_DIR: &str = ".uploads";
+/// S3's smallest part other than the last.
+pub const MIN_PART_SIZE: u64 = 5 * 1024 * 1024;
+/// The file in an upload's directory naming its bucket and key.
+const TARGET_FILE: &str = "target";
+
+impl DirBackend {
+    /// The staging directory of `upload_id`, checked to belong to `bucket`/`key`.
+    fn upload_dir(&self, bucket: &str, key: &str, upload_id: &str) -> S3Result<PathBuf> {
+        let valid = !upload_id.is_empty() && upload_id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-');
+        let no_such = || s3_error!(NoSuchUpload, "no upload {upload_id} of {bucket}/{key}");
+        if !valid {
+            return Err(no_such());
+        }
+        let dir = self.root.join(UPLOADS_DIR).join(upload_id);
+        let target = std::fs::read_to_string(dir.join(TARGET_FILE)).map_err(|_| no_such())?;
+        if target != format!("{bucket}\n{key}") {
+            return Err(no_such());
+        }
+        Ok(dir)
+    }
+
+    /// Writes a request body to `file`; the byte count.
+    async fn write_body(&self, file: &std::fs::File, body: Option<StreamingBlob>) -> S3Result<u64> {
+        let mut offset = 0u64;
+        if let Some(mut body) = body {
+            while let Some(chunk) = body.next().await {
+                let chunk = chunk.map_err(|e| s3_error!(IncompleteBody, "body broke: {e}"))?;
+                file.write_all_at(&chunk, offset).map_err(|e| s3_error!(e, InternalError))?;
+                offset += chunk.len() as u64;
+            }
+        }
+        self.faults.uploaded_bytes.fetch_add(offset, Ordering::Relaxed);
+        Ok(offset)
+    }
+}
+
+/// Multipart uploads staged under `root` and not yet completed or aborted.
+pub fn open_uploads(root: &Path) -> Vec<String> {
+    let Ok(entries) = std::fs::read_dir(root.join(UPLOADS_DIR)) else { return Vec::new() };
+    entries.filter_map(|e| e.ok()).map(|e| e.file_name().to_string_lossy().into_owned()).collect()
+}
+
+fn new_upload_id() -> String {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64);
+    format!("{nanos:x}-{:x}-{:x}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed))
+}
+
+fn part_file(dir: &Path, number: i32) -> PathBuf {
+    dir.join(format!("part-{number:05}"))
 }
 
 fn etag_of(meta: &std::fs::Metadata) -> ETag {
@@ -235,21 +318,125 @@ impl S3 for DirBackend {
         std::fs::create_dir_all(&parent).map_err(|e| s3_error!(e, InternalError))?;
         let tmp =
             tempfile::Builder::new().prefix(".tmp-").tempfile_in(&parent).map_err(|e| s3_error!(e, InternalError))?;
-        let file = tmp.as_file().try_clone().map_err(|e| s3_error!(e, InternalError))?;
-        let mut offset = 0u64;
-        if let Some(mut body) = input.body {
-            while let Some(chunk) = body.next().await {
-                let chunk = chunk.map_err(|e| s3_error!(IncompleteBody, "body broke: {e}"))?;
-                file.write_all_at(&chunk, offset).map_err(|e| s3_error!(e, InternalError))?;
-                offset += chunk.len() as u64;
-            }
-        }
+        let offset = self.write_body(tmp.as_file(), input.body).await?;
         if input.content_length.is_some_and(|l| l as u64 != offset) {
             return Err(s3_error!(IncompleteBody));
         }
         tmp.persist(&path).map_err(|e| s3_error!(e.error, InternalError))?;
         let meta = std::fs::metadata(&path).map_err(|e| s3_error!(e, InternalError))?;
         Ok(S3Response::new(PutObjectOutput { e_tag: Some(etag_of(&meta)), ..Default::default() }))
+    }
+
+    async fn create_multipart_upload(
+        &self,
+        req: S3Request<CreateMultipartUploadInput>,
+    ) -> S3Result<S3Response<CreateMultipartUploadOutput>> {
+        let input = req.input;
+        // Checks the bucket and the key now, as S3 does, rather than at completion.
+        self.object_path(&input.bucket, &input.key)?;
+        let id = new_upload_id();
+        let dir = self.root.join(UPLOADS_DIR).join(&id);
+        std::fs::create_dir_all(&dir).map_err(|e| s3_error!(e, InternalError))?;
+        std::fs::write(dir.join(TARGET_FILE), format!("{}\n{}", input.bucket, input.key))
+            .map_err(|e| s3_error!(e, InternalError))?;
+        Ok(S3Response::new(CreateMultipartUploadOutput {
+            bucket: Some(input.bucket),
+            key: Some(input.key),
+            upload_id: Some(id),
+            ..Default::default()
+        }))
+    }
+
+    async fn upload_part(&self, req: S3Request<UploadPartInput>) -> S3Result<S3Response<UploadPartOutput>> {
+        let input = req.input;
+        if self.faults.take_unavailable_part() {
+            // Read the body first: answering while the client is still sending makes it see
+            // a broken pipe instead of the 503.
+            if let Some(mut body) = input.body {
+                while let Some(Ok(_)) = body.next().await {}
+            }
+            return Err(s3_error!(SlowDown, "injected"));
+        }
+        let dir = self.upload_dir(&input.bucket, &input.key, &input.upload_id)?;
+        if !(1..=10_000).contains(&input.part_number) {
+            return Err(s3_error!(InvalidArgument, "part number {} is not in 1..=10000", input.part_number));
+        }
+        // Staged beside the part and renamed over it: a retried part replaces the old one
+        // whole, and gets a new ETag.
+        let tmp =
+            tempfile::Builder::new().prefix(".tmp-").tempfile_in(&dir).map_err(|e| s3_error!(e, InternalError))?;
+        let len = self.write_body(tmp.as_file(), input.body).await?;
+        if input.content_length.is_some_and(|l| l as u64 != len) {
+            return Err(s3_error!(IncompleteBody));
+        }
+        let path = part_file(&dir, input.part_number);
+        tmp.persist(&path).map_err(|e| s3_error!(e.error, InternalError))?;
+        let meta = std::fs::metadata(&path).map_err(|e| s3_error!(e, InternalError))?;
+        Ok(S3Response::new(UploadPartOutput { e_tag: Some(etag_of(&meta)), ..Default::default() }))
+    }
+
+    async fn complete_multipart_upload(
+        &self,
+        req: S3Request<CompleteMultipartUploadInput>,
+    ) -> S3Result<S3Response<CompleteMultipartUploadOutput>> {
+        let input = req.input;
+        let dir = self.upload_dir(&input.bucket, &input.key, &input.upload_id)?;
+        let path = self.object_path(&input.bucket, &input.key)?;
+        let parts = input.multipart_upload.and_then(|m| m.parts).unwrap_or_default();
+        if parts.is_empty() {
+            return Err(s3_error!(MalformedXML, "no parts listed"));
+        }
+        let mut files = Vec::with_capacity(parts.len());
+        let mut last = 0;
+        for (i, part) in parts.iter().enumerate() {
+            let number = part.part_number.unwrap_or(0);
+            if number <= last {
+                return Err(s3_error!(InvalidPartOrder, "part {number} after part {last}"));
+            }
+            last = number;
+            let file = part_file(&dir, number);
+            let meta =
+                std::fs::metadata(&file).map_err(|_| s3_error!(InvalidPart, "part {number} was not uploaded"))?;
+            if part.e_tag.as_ref().is_none_or(|e| e.value() != etag_of(&meta).value()) {
+                return Err(s3_error!(InvalidPart, "part {number}: ETag differs from the uploaded part's"));
+            }
+            if i + 1 < parts.len() && meta.len() < MIN_PART_SIZE {
+                return Err(s3_error!(EntityTooSmall, "part {number} is {} bytes, below 5 MiB", meta.len()));
+            }
+            files.push(file);
+        }
+        let parent = path.parent().ok_or_else(|| s3_error!(InvalidArgument))?.to_owned();
+        let target = path.clone();
+        let joined = tokio::task::spawn_blocking(move || -> io::Result<std::fs::Metadata> {
+            std::fs::create_dir_all(&parent)?;
+            let mut tmp = tempfile::Builder::new().prefix(".tmp-").tempfile_in(&parent)?;
+            for file in &files {
+                // File to file: copy_file_range, in the kernel.
+                io::copy(&mut std::fs::File::open(file)?, tmp.as_file_mut())?;
+            }
+            tmp.persist(&target).map_err(|e| e.error)?;
+            std::fs::metadata(&target)
+        })
+        .await
+        .unwrap_or_else(|e| Err(io::Error::other(e)));
+        let meta = joined.map_err(|e| s3_error!(e, InternalError))?;
+        let _ = std::fs::remove_dir_all(&dir);
+        Ok(S3Response::new(CompleteMultipartUploadOutput {
+            bucket: Some(input.bucket),
+            key: Some(input.key),
+            e_tag: Some(etag_of(&meta)),
+            ..Default::default()
+        }))
+    }
+
+    async fn abort_multipart_upload(
+        &self,
+        req: S3Request<AbortMultipartUploadInput>,
+    ) -> S3Result<S3Response<AbortMultipartUploadOutput>> {
+        let input = req.input;
+        let dir = self.upload_dir(&input.bucket, &input.key, &input.upload_id)?;
+        std::fs::remove_dir_all(&dir).map_err(|e| s3_error!(e, InternalError))?;
+        Ok(S3Response::new(AbortMultipartUploadOutput::default()))
     }
 }
 
@@ -412,6 +599,16 @@ impl TestS3 {
         self.server.kill();
         self.server = EmbeddedS3::start(self.dir.path(), addr, TEST_ACCESS_KEY, TEST_SECRET_KEY)?;
         Ok(())
+    }
+
+    /// Multipart uploads created and neither completed nor aborted.
+    pub fn open_uploads(&self) -> Vec<String> {
+        open_uploads(self.dir.path())
+    }
+
+    /// The stored bytes of an object, as a later GET would see them.
+    pub fn read(&self, key: &str) -> anyhow::Result<Vec<u8>> {
+        Ok(std::fs::read(self.dir.path().join(Self::BUCKET).join(key))?)
     }
 
     /// Writes an object atomically (a replacement gets a new ETag).

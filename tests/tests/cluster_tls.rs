@@ -51,6 +51,7 @@ fn peers_serve_the_cluster_ca_and_refuse_any_other() {
             scheduler_name: "scheduler".into(),
             certs: CertPaths::in_dir(&certs, "node-a"),
             labels: Default::default(),
+            resources: Default::default(),
             max_egress_rate: None,
             heartbeat: Duration::from_secs(1),
             corrupt_served_chunks: false,

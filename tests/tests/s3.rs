@@ -5,7 +5,9 @@ use std::time::Duration;
 
 use store_client::ErrorCode;
 use store_client::client::PullS3Options;
-use store_client::s3::{S3Config, S3Error, S3Reader, S3Url, StaticCredentials};
+use store_client::s3::{
+    MIN_UPLOAD_PART_SIZE, S3Config, S3Error, S3Reader, S3Url, S3Writer, StaticCredentials, UploadStats,
+};
 use store_tests::DaemonProcess;
 use store_tests::s3_server::TestS3;
 
@@ -264,4 +266,215 @@ fn failed_pulls_seal_nothing() {
     assert!(e.to_string().contains("unreachable"), "{e}");
 
     assert!(client.list().unwrap().is_empty(), "something was bound: {:?}", client.list().unwrap());
+}
+
+// ---------------------------------------------------------------------------------------
+// Uploads: `storectl push` and the S3 writer
+// ---------------------------------------------------------------------------------------
+
+/// `storectl ARGS` against `daemon` with the endpoint's environment; (success, stdout, stderr).
+fn storectl(s3: &TestS3, daemon: &DaemonProcess, args: &[&str]) -> (bool, String, String) {
+    let out = std::process::Command::new(store_tests::workspace_bin("storectl").expect("storectl is built"))
+        .arg("--socket")
+        .arg(daemon.socket())
+        .args(args)
+        .envs(s3.env())
+        .output()
+        .expect("storectl runs");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn upload(config: S3Config, key: &str, data: Vec<u8>) -> Result<UploadStats, S3Error> {
+    runtime()
+        .block_on(async { S3Writer::new(config).await?.upload(&url(key), bytes::Bytes::from(data), &|_, _| {}).await })
+}
+
+#[test]
+fn storectl_push_round_trips_100_mib_through_s3() {
+    let s3 = TestS3::start().unwrap();
+    let daemon = daemon_for(&s3, &[]);
+    let client = daemon.client().unwrap();
+    let data = pattern(100 * MIB, 21);
+    let digest = blake3::hash(&data);
+    client.put("models/pushed.bin", &data).unwrap();
+
+    let (ok, stdout, stderr) =
+        storectl(&s3, &daemon, &["--json", "push", "models/pushed.bin", "s3://bucket/up/pushed.bin"]);
+    assert!(ok, "push failed: {stderr}");
+    let report: serde_json::Value = serde_json::from_str(stdout.trim()).expect("JSON report");
+    assert_eq!(report["multipart"], true, "{report}");
+    assert_eq!(report["parts"], 13, "100 MiB in 8 MiB parts: {report}");
+    eprintln!("push of 100 MiB: {:.3} s", report["seconds"].as_f64().unwrap_or_default());
+    assert!(s3.read("up/pushed.bin").unwrap() == data, "the stored object differs");
+    assert!(s3.open_uploads().is_empty(), "{:?}", s3.open_uploads());
+
+    // The ETag the upload reported is the one HEAD and GET give.
+    let meta = runtime()
+        .block_on(async { S3Reader::new(s3.config()).await.unwrap().head(&url("up/pushed.bin")).await.unwrap() });
+    assert_eq!(report["etag"].as_str(), Some(meta.etag.as_str()));
+
+    let (ok, stdout, stderr) =
+        storectl(&s3, &daemon, &["--json", "pull", "s3://bucket/up/pushed.bin", "--name", "models/pulled.bin"]);
+    assert!(ok, "pull failed: {stderr}");
+    let pulled: serde_json::Value = serde_json::from_str(stdout.trim()).expect("JSON report");
+    assert_eq!(pulled["digest"].as_str(), Some(digest.to_hex().as_str()), "{pulled}");
+    let info = client.stat("models/pulled.bin").unwrap();
+    assert_eq!(info.digest.unwrap().0, *digest.as_bytes());
+}
+
+#[test]
+fn uploads_of_sizes_around_the_part_size_round_trip() {
+    let s3 = TestS3::start().unwrap();
+    let part = MIN_UPLOAD_PART_SIZE as usize;
+    let config = S3Config { part_size: part as u64, concurrency: 3, ..s3.config() };
+    for (i, len) in [0, 1, part - 1, part, part + 1, 3 * part + 7].into_iter().enumerate() {
+        let data = pattern(len, 100 + i as u64);
+        let key = format!("up/{len}.bin");
+        let stats = upload(config.clone(), &key, data.clone()).unwrap();
+        assert_eq!(stats.bytes, len as u64);
+        assert_eq!(stats.multipart, len > part, "len {len}");
+        assert_eq!(stats.parts, len.div_ceil(part).max(1) as u64, "len {len}");
+        let (got, _) = download(config.clone(), &key).unwrap();
+        assert_eq!(blake3::hash(&got), blake3::hash(&data), "len {len}");
+    }
+    assert!(s3.open_uploads().is_empty(), "{:?}", s3.open_uploads());
+
+    // Parts below S3's 5 MiB minimum are raised to it (S3 would refuse them at completion).
+    let small = S3Config { part_size: MIB as u64, ..s3.config() };
+    let stats = upload(small, "up/raised.bin", pattern(12 * MIB, 3)).unwrap();
+    assert_eq!((stats.part_size, stats.parts), (MIN_UPLOAD_PART_SIZE, 3));
+}
+
+#[test]
+fn failed_uploads_are_clear_errors_and_leave_no_multipart_upload() {
+    let s3 = TestS3::start().unwrap();
+    let daemon = daemon_for(&s3, &[]);
+    let client = daemon.client().unwrap();
+    client.put("obj", &pattern(20 * MIB, 4)).unwrap();
+
+    let (ok, _, stderr) = storectl(&s3, &daemon, &["push", "no/such/object", "s3://bucket/k"]);
+    assert!(!ok);
+    assert!(stderr.contains("cannot push `no/such/object`") && stderr.contains("NotFound"), "{stderr}");
+
+    let (ok, _, stderr) = storectl(&s3, &daemon, &["push", "obj", "s3://nobucket/k"]);
+    assert!(!ok);
+    assert!(stderr.contains("bucket `nobucket` does not exist"), "{stderr}");
+    let (ok, _, stderr) = storectl(&s3, &daemon, &["push", "obj", "s3://bucket/"]);
+    assert!(!ok);
+    assert!(stderr.contains("invalid S3 URL"), "{stderr}");
+    assert!(s3.open_uploads().is_empty(), "{:?}", s3.open_uploads());
+
+    // Parts refused for longer than the retries last: the upload is aborted.
+    let config = S3Config { part_size: MIN_UPLOAD_PART_SIZE, concurrency: 2, ..fast_retries(s3.config()) };
+    s3.server.faults().fail_next_parts(1000);
+    let e = upload(config.clone(), "up/refused.bin", pattern(12 * MIB, 5)).unwrap_err();
+    assert!(matches!(e, S3Error::GaveUp { .. }), "{e}");
+    assert!(e.to_string().contains("503"), "{e}");
+    assert!(s3.open_uploads().is_empty(), "left behind: {:?}", s3.open_uploads());
+    assert!(s3.read("up/refused.bin").is_err(), "a failed upload created the object");
+
+    // A few refusals are retried from the same memory.
+    s3.server.faults().fail_next_parts(2);
+    let data = pattern(12 * MIB, 6);
+    let stats = upload(config, "up/retried.bin", data.clone()).unwrap();
+    assert_eq!(stats.retries, 2, "{stats:?}");
+    assert!(s3.read("up/retried.bin").unwrap() == data);
+    assert!(s3.open_uploads().is_empty());
+}
+
+#[test]
+fn daemon_s3_flags_override_the_environment_and_metrics_count_parts() {
+    let s3 = TestS3::start().unwrap();
+    let data = pattern(24 * MIB, 8);
+    s3.put("k", &data).unwrap();
+    // The environment names an endpoint that does not answer; the flag wins.
+    let dead = "http://127.0.0.1:9".to_string();
+    let mut env = s3.env();
+    env.retain(|(k, _)| *k != store_client::s3::ENDPOINT_ENV);
+    env.push((store_client::s3::ENDPOINT_ENV, dead));
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let metrics_addr = format!("127.0.0.1:{port}");
+    let endpoint = s3.endpoint();
+    let args = [
+        "--s3-endpoint",
+        endpoint.as_str(),
+        "--s3-region",
+        "us-east-1",
+        "--s3-path-style",
+        "--s3-part-size",
+        "4MiB",
+        "--s3-concurrency",
+        "2",
+        "--metrics-addr",
+        metrics_addr.as_str(),
+    ];
+    let daemon = DaemonProcess::start_with_env("1GiB", &args, &env).expect("daemon starts");
+    let p = daemon.client().unwrap().pull_s3("s3://bucket/k", "k", PullS3Options::default()).unwrap();
+    assert_eq!(p.info.digest.unwrap().0, *blake3::hash(&data).as_bytes());
+    let scrape = {
+        use std::io::{Read, Write};
+        let mut conn = std::net::TcpStream::connect(&metrics_addr).unwrap();
+        write!(conn, "GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n").unwrap();
+        let mut text = String::new();
+        conn.read_to_string(&mut text).unwrap();
+        text
+    };
+    // Counted once (per part as it landed), not again at the seal.
+    let line = format!("store_transfer_bytes_total{{direction=\"in\",source=\"s3\"}} {}", data.len());
+    assert!(scrape.contains(&line), "missing {line} in\n{scrape}");
+
+    // A bad flag is refused at start-up.
+    let bad = DaemonProcess::start_with_env("1GiB", &["--s3-concurrency", "0"], &s3.env());
+    assert!(bad.is_err(), "a daemon started with --s3-concurrency 0");
+}
+
+#[test]
+fn metrics_show_an_s3_download_while_it_runs() {
+    let s3 = TestS3::start().unwrap();
+    let data = pattern(32 * MIB, 12);
+    s3.put("slow", &data).unwrap();
+    // 8 parts of 4 MiB, one block each, 1 at a time, 300 ms per block: ~2.4 s.
+    s3.server.faults().set_block_delay(Duration::from_millis(300));
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let metrics_addr = format!("127.0.0.1:{port}");
+    let args = ["--s3-part-size", "4MiB", "--s3-concurrency", "1", "--metrics-addr", metrics_addr.as_str()];
+    let daemon = DaemonProcess::start_with_env("1GiB", &args, &s3.env()).expect("daemon starts");
+    let counted = || -> u64 {
+        use std::io::{Read, Write};
+        let mut conn = std::net::TcpStream::connect(&metrics_addr).unwrap();
+        write!(conn, "GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n").unwrap();
+        let mut text = String::new();
+        conn.read_to_string(&mut text).unwrap();
+        let prefix = "store_transfer_bytes_total{direction=\"in\",source=\"s3\"} ";
+        text.lines().find_map(|l| l.strip_prefix(prefix)).and_then(|v| v.trim().parse().ok()).unwrap_or(0)
+    };
+    let socket = daemon.socket().to_owned();
+    let pull = std::thread::spawn(move || {
+        store_client::StoreClient::connect(&socket).unwrap().pull_s3(
+            "s3://bucket/slow",
+            "slow",
+            PullS3Options::default(),
+        )
+    });
+    let mut seen_partial = false;
+    while !pull.is_finished() {
+        let n = counted();
+        if n > 0 && n < data.len() as u64 {
+            seen_partial = true;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    pull.join().unwrap().unwrap();
+    assert!(seen_partial, "the counter never showed a download under way");
+    assert_eq!(counted(), data.len() as u64);
 }

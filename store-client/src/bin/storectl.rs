@@ -78,6 +78,31 @@ enum Command {
         #[arg(long)]
         no_relay: bool,
     },
+    /// Ask the scheduler where to run tasks that read NEEDS: nodes ranked by estimated start
+    /// (missing bytes over the node's observed inbound bandwidth, and its queued work).
+    Place {
+        /// Objects each task reads, comma-separated.
+        #[arg(long, value_delimiter = ',', required = true)]
+        needs: Vec<String>,
+        /// Hard constraint k=v on the node's labels (repeatable).
+        #[arg(long = "label", value_parser = ctl::parse_label)]
+        labels: Vec<(String, String)>,
+        /// Hard constraint r=n: the node offers at least n of resource r (repeatable).
+        #[arg(long = "resource", value_parser = ctl::parse_resource)]
+        resources: Vec<(String, u64)>,
+        /// Hard constraint: only this node.
+        #[arg(long)]
+        pinned: Option<String>,
+        /// Number of tasks.
+        #[arg(long, default_value_t = 1)]
+        count: u32,
+        /// Expected seconds of one task (what it adds to its node's queue).
+        #[arg(long, default_value_t = 1.0)]
+        task_seconds: f64,
+        /// Have the chosen nodes start pulling what they miss now.
+        #[arg(long)]
+        prefetch: bool,
+    },
     /// Have the daemon fill an object from S3 (`s3://BUCKET/KEY`) and seal it. The daemon's
     /// environment selects the endpoint and credentials (STORE_S3_ENDPOINT, AWS_ACCESS_KEY_ID, ...).
     Pull {
@@ -93,6 +118,29 @@ enum Command {
         /// Ranged GETs in flight [default: the daemon's, 8].
         #[arg(long)]
         concurrency: Option<u32>,
+        /// Cooperative fetch onto these nodes (comma-separated): each reads a disjoint share
+        /// from S3 and takes the rest from the others, so S3 serves the object about once.
+        #[arg(long, value_delimiter = ',', conflicts_with = "all")]
+        nodes: Option<Vec<String>>,
+        /// Cooperative fetch onto every live node.
+        #[arg(long)]
+        all: bool,
+        /// Seconds a cooperative fetch may take.
+        #[arg(long, default_value_t = 600.0)]
+        timeout: f64,
+    },
+    /// Upload an object to S3 (`s3://BUCKET/KEY`) from its read-only mapping: multipart with
+    /// parallel parts, or one PutObject when it fits in a part. Endpoint and credentials come
+    /// from this command's environment (STORE_S3_ENDPOINT, AWS_ACCESS_KEY_ID, ...).
+    Push {
+        name: String,
+        url: String,
+        /// Size of each part (at least 5 MiB, S3's minimum) [default: STORE_S3_PART_SIZE or 8 MiB].
+        #[arg(long)]
+        part_size: Option<bytesize::ByteSize>,
+        /// Parts in flight [default: STORE_S3_CONCURRENCY or 8].
+        #[arg(long)]
+        concurrency: Option<usize>,
     },
     /// Make certificates for trying the cluster out and for tests.
     Certs {
@@ -241,7 +289,21 @@ fn main() -> anyhow::Result<()> {
                 print!("{}", ctl::nodes_table(&nodes));
             }
         }
-        Command::Pull { url, name, evictable, part_size, concurrency } => {
+        Command::Pull { url, name, nodes, all, timeout, .. } if all || nodes.is_some() => {
+            let spinner = ctl::spinner(u64::MAX, &format!("pulling {url} cooperatively"));
+            let pulled = connect()?.pull_s3_cooperative(&url, &name, nodes, Duration::from_secs_f64(timeout));
+            spinner.finish_and_clear();
+            let p = pulled?;
+            if cli.json {
+                println!("{}", ctl::cooperative_json(&p));
+            } else {
+                print!("{}", ctl::cooperative_table(&p));
+            }
+            if p.nodes.iter().any(|n| n.result.is_err()) {
+                anyhow::bail!("some nodes failed");
+            }
+        }
+        Command::Pull { url, name, evictable, part_size, concurrency, .. } => {
             let opts = store_client::client::PullS3Options {
                 evictable,
                 part_size: part_size.map(|p| p.as_u64()),
@@ -272,6 +334,9 @@ fn main() -> anyhow::Result<()> {
                 );
             }
         }
+        Command::Push { name, url, part_size, concurrency } => {
+            push(connect()?, &name, &url, part_size.map(|p| p.as_u64()), concurrency, cli.json)?;
+        }
         Command::Replicate { name, to, all, timeout, no_relay } => {
             let targets = if all { None } else { Some(to) };
             let outcomes =
@@ -283,6 +348,30 @@ fn main() -> anyhow::Result<()> {
             }
             if outcomes.iter().any(|o| o.result.is_err()) {
                 anyhow::bail!("replication failed on some nodes");
+            }
+        }
+        Command::Place { needs, labels, resources, pinned, count, task_seconds, prefetch } => {
+            anyhow::ensure!(count >= 1, "--count must be at least 1");
+            anyhow::ensure!(task_seconds.is_finite() && task_seconds >= 0.0, "--task-seconds must be >= 0");
+            let spec = store_client::placement::PlaceSpec {
+                needs,
+                labels: labels.into_iter().collect(),
+                resources: resources.into_iter().collect(),
+                pinned,
+                count,
+                task_seconds,
+            };
+            let outcome = connect()?.place(&spec, prefetch)?;
+            if cli.json {
+                println!("{}", ctl::placement_json(&outcome));
+            } else {
+                print!("{}", ctl::placement_table(&outcome));
+            }
+            if outcome.placement.tasks.is_empty() {
+                anyhow::bail!("no node satisfies the constraints");
+            }
+            if outcome.prefetch.iter().any(|p| p.result.is_err()) {
+                anyhow::bail!("prefetch failed on some nodes");
             }
         }
         Command::Certs { command } => match command {
@@ -314,4 +403,74 @@ fn main() -> anyhow::Result<()> {
     }
     std::io::stdout().flush()?;
     Ok(())
+}
+
+/// `storectl push`: the client maps the object and uploads it itself (the daemon is not
+/// involved beyond the lease), so the parts go to the socket straight from the mapping.
+#[cfg(feature = "s3")]
+fn push(
+    client: StoreClient,
+    name: &str,
+    url: &str,
+    part_size: Option<u64>,
+    concurrency: Option<usize>,
+    json: bool,
+) -> anyhow::Result<()> {
+    use store_client::s3::{S3Config, S3Url, S3Writer, object_body};
+    let url: S3Url = url.parse()?;
+    let config = S3Config::from_env()?.with_overrides(part_size, concurrency)?;
+    let object = client.get(name, Duration::ZERO).with_context(|| format!("cannot push `{name}`"))?;
+    let info = object.info().clone();
+    let bar = ctl::progress_bar(info.size, &format!("pushing {name}"));
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    let stats = rt.block_on(async {
+        let writer = S3Writer::new(config).await?;
+        // Ctrl-C aborts the multipart upload instead of leaving its parts in the bucket.
+        let interrupted = async {
+            if tokio::signal::ctrl_c().await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        };
+        writer.upload_until(&url, object_body(object), &|_, len| bar.inc(len), interrupted).await
+    });
+    bar.finish_and_clear();
+    let stats = stats.with_context(|| format!("pushing `{name}` to {url}"))?;
+    if json {
+        let mut v = ctl::object_json(&info);
+        v["url"] = url.to_string().into();
+        v["etag"] = stats.etag.clone().into();
+        v["seconds"] = stats.elapsed.as_secs_f64().into();
+        v["parts"] = stats.parts.into();
+        v["part_size"] = stats.part_size.into();
+        v["multipart"] = stats.multipart.into();
+        v["retries"] = stats.retries.into();
+        println!("{v}");
+    } else {
+        println!(
+            "{} {} pushed to {} in {:.3} s ({:.2} GB/s, {} part{} of {}, {} retries), etag {}",
+            info.name,
+            bytesize::ByteSize(info.size),
+            url,
+            stats.elapsed.as_secs_f64(),
+            stats.bytes_per_second() / 1e9,
+            stats.parts,
+            if stats.parts == 1 { "" } else { "s" },
+            bytesize::ByteSize(stats.part_size),
+            stats.retries,
+            stats.etag
+        );
+    }
+    Ok(())
+}
+
+#[cfg(not(feature = "s3"))]
+fn push(
+    _client: StoreClient,
+    _name: &str,
+    _url: &str,
+    _part_size: Option<u64>,
+    _concurrency: Option<usize>,
+    _json: bool,
+) -> anyhow::Result<()> {
+    anyhow::bail!("this storectl was built without S3 support (cargo feature `s3` of store-client)")
 }

@@ -8,6 +8,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
 use std::net::SocketAddr;
+use std::ops::Range;
 use std::os::fd::AsFd;
 use std::os::unix::fs::FileExt;
 use std::sync::Arc;
@@ -16,12 +17,14 @@ use std::time::{Duration, Instant};
 
 use store_client::cluster::{Location, NodeId, PeerRequest, PeerResponse, PullReport};
 use store_client::manifest::Manifest;
+use store_client::protocol::S3Origin;
 use store_client::rpc;
 use store_client::sys::{self, ReadOnlyMapping};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 use tracing::{debug, info, warn};
 
+use super::cooperative::StagedShare;
 use super::{Cluster, PullError, PullResult};
 use crate::metrics::{Direction, Source};
 use crate::replication::plan::{ChunkFailure, PlanConfig, PullPlan};
@@ -36,6 +39,13 @@ const STALL: Duration = Duration::from_secs(5);
 const QUARANTINE: Duration = Duration::from_secs(15);
 /// A pull with nothing in flight and nothing obtainable for this long fails.
 const STALLED_PULL: Duration = Duration::from_secs(10);
+/// Missing chunks no peer has offered for this long are read from the object's S3 origin,
+/// if it has one: long enough for co-receivers of a cooperative fetch to announce theirs.
+const ORIGIN_GRACE: Duration = Duration::from_secs(2);
+/// Chunks read from the origin at once.
+const ORIGIN_WINDOW: usize = 4;
+/// Origin reads failing in a row before the origin is given up for this pull.
+const ORIGIN_MAX_FAILURES: u32 = 3;
 
 #[derive(Debug)]
 enum FetchError {
@@ -66,6 +76,12 @@ struct Target {
 impl Cluster {
     /// Pulls `name` into the local store, or joins the pull already under way for it.
     pub async fn pull(self: &Arc<Self>, name: &str, timeout: Duration, relay: bool) -> PullResult {
+        self.pull_with(name, timeout, PullStart::Peers { relay }).await
+    }
+
+    /// As [`Cluster::pull`], from `start`. A pull already under way for `name` is joined
+    /// and `start` dropped.
+    pub(super) async fn pull_with(self: &Arc<Self>, name: &str, timeout: Duration, start: PullStart) -> PullResult {
         if self.draining.is_cancelled() {
             return Err(PullError::ShuttingDown);
         }
@@ -86,12 +102,12 @@ impl Cluster {
             let cluster = self.clone();
             let owned = name.to_owned();
             self.pull_tasks.spawn(async move {
-                let result = cluster.pull_now(&owned, timeout, relay).await;
+                let result = cluster.pull_now(&owned, timeout, start).await;
                 match &result {
                     Ok(r) => {
                         if !r.already_present {
                             let took = Duration::from_secs_f64(r.seconds);
-                            cluster.metrics.transfer_completed(Source::Peer, r.bytes, took);
+                            cluster.metrics.transfer_completed(Source::Peer, r.bytes.saturating_sub(r.s3_bytes), took);
                         }
                         cluster.stats.pulls_completed.fetch_add(1, Ordering::Relaxed);
                         info!(name = %owned, bytes = r.bytes, seconds = r.seconds, "pull complete");
@@ -128,7 +144,11 @@ impl Cluster {
         Ok(locations)
     }
 
-    async fn fetch_manifest(&self, name: &str, locations: &[Location]) -> Result<Manifest, PullError> {
+    async fn fetch_manifest(
+        &self,
+        name: &str,
+        locations: &[Location],
+    ) -> Result<(Manifest, Option<S3Origin>), PullError> {
         let mut last_error = String::from("no holder");
         for loc in locations {
             let answer = async {
@@ -137,16 +157,19 @@ impl Cluster {
                     .await
                     .map_err(|e| e.to_string())?;
                 match resp {
-                    PeerResponse::Manifest { manifest, .. } => Ok(manifest),
+                    PeerResponse::Manifest { manifest, origin, .. } => Ok((manifest, origin)),
                     other => Err(format!("{} answered {other:?}", loc.node)),
                 }
             };
             match tokio::time::timeout(Duration::from_secs(10), answer).await {
-                Ok(Ok(m)) => {
+                Ok(Ok((m, origin))) => {
                     // The chunk list must hash to the root the scheduler knows, and the
                     // manifest must describe the object the holder announced.
                     match Manifest::from_chunk_hashes(m.size, m.chunk_size, m.chunks.clone()) {
-                        Ok(check) if check.root == m.root && m.root == loc.root && m.size == loc.size => return Ok(m),
+                        Ok(check) if check.root == m.root && m.root == loc.root && m.size == loc.size => {
+                            let origin = origin.filter(|o| o.size == m.size);
+                            return Ok((m, origin));
+                        }
                         _ => last_error = format!("{} sent an inconsistent manifest", loc.node),
                     }
                 }
@@ -157,13 +180,88 @@ impl Cluster {
         Err(PullError::NoManifest { name: name.to_owned(), last_error })
     }
 
-    async fn pull_now(self: &Arc<Self>, name: &str, timeout: Duration, relay: bool) -> PullResult {
+    async fn pull_now(self: &Arc<Self>, name: &str, timeout: Duration, start: PullStart) -> PullResult {
         let started = Instant::now();
         let deadline = started + timeout;
         let shared = self.shared()?;
         if shared.store().has_sealed(name) {
-            return Ok(self.report(name, 0, started, BTreeMap::new(), true, 0, 0));
+            return Ok(self.report(name, 0, started, None));
         }
+        let (relay, manifest, origin, share, locations) = match start {
+            PullStart::Peers { relay } => {
+                let locations = self.holders_or_wait(name, deadline).await?;
+                let (manifest, origin) = self.fetch_manifest(name, &locations).await?;
+                (relay, manifest, origin, None, locations)
+            }
+            PullStart::Share { share, manifest, origin } => {
+                // Peers may not have announced their shares yet: the refresh finds them.
+                let locations = self.locate_others(name).await.unwrap_or_default();
+                (true, manifest, Some(origin), share, locations)
+            }
+        };
+        let size = manifest.size;
+        let (fd, mapping, held, share_bytes) = match share {
+            Some(share) => {
+                let expected = manifest.chunks.get(share.first as usize..share.end as usize);
+                if expected != Some(share.hashes.as_slice()) {
+                    return Err(PullError::Store(format!("the manifest of {name:?} does not match this node's share")));
+                }
+                shared.store().check_room(size).map_err(|e| PullError::Store(e.to_string()))?;
+                (share.fd, share.mapping, share.first..share.end, share.s3_bytes)
+            }
+            None => {
+                shared.store().check_room(size).map_err(|e| PullError::Store(e.to_string()))?;
+                let fd = sys::create_memfd(size).map_err(|e| PullError::Io(e.to_string()))?;
+                let mapping =
+                    ReadOnlyMapping::new_exclusive(fd.as_fd(), size).map_err(|e| PullError::Io(e.to_string()))?;
+                (fd, mapping, 0..0, 0)
+            }
+        };
+        let file = Arc::new(File::from(fd.try_clone().map_err(|e| PullError::Io(e.to_string()))?));
+        let begun = shared.store().begin_receive(name, manifest.clone(), fd, mapping);
+        let id = match begun {
+            Ok((id, _evicted)) => id,
+            Err(StoreError::AlreadyExists(_)) => return Ok(self.report(name, 0, started, None)),
+            Err(e) => return Err(PullError::Store(e.to_string())),
+        };
+        for index in held.clone() {
+            shared.store().chunk_received(id, index);
+        }
+        let Some(view) = shared.store().peer_view(name) else {
+            return Err(PullError::Store("object vanished while starting to receive it".into()));
+        };
+        let target = Target { name: name.to_owned(), file, mapping: view.mapping, manifest: Arc::new(manifest) };
+        self.sync_soon();
+
+        // For the scheduler's bandwidth estimate: when the transfer began, and what the node
+        // had received by then (pulls running beside this one count too).
+        let transfer_started = (Instant::now(), self.stats.bytes_received.load(Ordering::Relaxed));
+        let sources = Sources { locations, relay, held, origin: origin.clone() };
+        let outcome = self.drive(&shared, id, &target, sources, deadline).await;
+        if let Ok(received) = &outcome {
+            self.report_transfer(name, transfer_started, &received.from);
+        }
+        let result = match outcome {
+            Ok(mut received) => {
+                received.s3_bytes += share_bytes;
+                self.seal_received(&shared, id, name).map(|()| {
+                    if let Some(origin) = origin {
+                        shared.s3().record(id, origin);
+                    }
+                    self.report(name, size, started, Some(received))
+                })
+            }
+            Err(e) => Err(e),
+        };
+        if result.is_err() {
+            shared.store().abort_receive(id);
+        }
+        self.sync_soon();
+        result
+    }
+
+    /// The other holders of `name`, waiting (until `deadline`) for one to appear.
+    async fn holders_or_wait(&self, name: &str, deadline: Instant) -> Result<Vec<Location>, PullError> {
         let mut locations = self.locate_others(name).await?;
         if locations.is_empty() {
             let left = deadline.saturating_duration_since(Instant::now());
@@ -183,37 +281,7 @@ impl Cluster {
             }
         }
         locations.sort_by_key(|l| !l.is_complete());
-        let manifest = self.fetch_manifest(name, &locations).await?;
-        let size = manifest.size;
-
-        shared.store().check_room(size).map_err(|e| PullError::Store(e.to_string()))?;
-        let fd = sys::create_memfd(size).map_err(|e| PullError::Io(e.to_string()))?;
-        let mapping = ReadOnlyMapping::new_exclusive(fd.as_fd(), size).map_err(|e| PullError::Io(e.to_string()))?;
-        let file = Arc::new(File::from(fd.try_clone().map_err(|e| PullError::Io(e.to_string()))?));
-        let begun = shared.store().begin_receive(name, manifest.clone(), fd, mapping);
-        let id = match begun {
-            Ok((id, _evicted)) => id,
-            Err(StoreError::AlreadyExists(_)) => return Ok(self.report(name, 0, started, BTreeMap::new(), true, 0, 0)),
-            Err(e) => return Err(PullError::Store(e.to_string())),
-        };
-        let Some(view) = shared.store().peer_view(name) else {
-            return Err(PullError::Store("object vanished while starting to receive it".into()));
-        };
-        let target = Target { name: name.to_owned(), file, mapping: view.mapping, manifest: Arc::new(manifest) };
-        self.sync_soon();
-
-        let outcome = self.drive(&shared, id, &target, locations, deadline, relay).await;
-        let result = match outcome {
-            Ok((from, corrupt, retries)) => self
-                .seal_received(&shared, id, name)
-                .map(|()| self.report(name, size, started, from, false, corrupt, retries)),
-            Err(e) => Err(e),
-        };
-        if result.is_err() {
-            shared.store().abort_receive(id);
-        }
-        self.sync_soon();
-        result
+        Ok(locations)
     }
 
     fn seal_received(&self, shared: &Shared, id: u64, name: &str) -> Result<(), PullError> {
@@ -225,26 +293,20 @@ impl Cluster {
         Ok(())
     }
 
-    #[allow(clippy::too_many_arguments)]
-    fn report(
-        &self,
-        name: &str,
-        bytes: u64,
-        started: Instant,
-        from: BTreeMap<NodeId, u64>,
-        already_present: bool,
-        corrupt_chunks: u64,
-        retries: u64,
-    ) -> PullReport {
+    /// The report of a pull; `received` is `None` when the object was already there.
+    fn report(&self, name: &str, bytes: u64, started: Instant, received: Option<Received>) -> PullReport {
+        let already_present = received.is_none();
+        let received = received.unwrap_or_default();
         PullReport {
             node: self.config.node_id.clone(),
             name: name.to_owned(),
             bytes,
             seconds: started.elapsed().as_secs_f64(),
-            from,
+            from: received.from,
             already_present,
-            corrupt_chunks,
-            retries,
+            corrupt_chunks: received.corrupt,
+            retries: received.retries,
+            s3_bytes: received.s3_bytes,
         }
     }
 
@@ -291,15 +353,23 @@ impl Cluster {
         shared: &Shared,
         id: u64,
         target: &Target,
-        locations: Vec<Location>,
+        sources: Sources,
         deadline: Instant,
-        relay: bool,
-    ) -> Result<(BTreeMap<NodeId, u64>, u64, u64), PullError> {
+    ) -> Result<Received, PullError> {
+        let Sources { locations, relay, held, mut origin } = sources;
         let manifest = &target.manifest;
         let mut plan = PullPlan::new(manifest.size, manifest.chunk_size, PlanConfig::default());
         if relay {
             plan.set_start_hint(start_hint(&self.config.node_id));
         }
+        for index in held {
+            plan.mark_held(index);
+        }
+        let (origin_tx, mut origin_rx) = mpsc::channel::<(u64, Result<u64, String>)>(ORIGIN_WINDOW);
+        let mut from_origin = 0usize;
+        let mut origin_failures = 0u32;
+        let mut use_origin = false;
+        let mut s3_bytes = 0u64;
         let mut addrs = HashMap::new();
         let mut quarantine: HashMap<NodeId, Instant> = HashMap::new();
         self.apply_locations(&mut plan, &locations, &mut addrs, &quarantine, relay, Instant::now());
@@ -330,13 +400,27 @@ impl Cluster {
                     let _ = tx.send(FetchDone { peer: req.peer, index: req.index, result }).await;
                 });
             }
-            if in_flight == 0 && plan.unreachable_chunks() > 0 {
+            if in_flight == 0 && from_origin == 0 && plan.unreachable_chunks() > 0 {
                 let since = *idle_since.get_or_insert(now);
+                // No peer has offered what is missing for a while: from now on read such
+                // chunks from the S3 object the content came from.
+                use_origin |= now.duration_since(since) > ORIGIN_GRACE;
                 if now.duration_since(since) > STALLED_PULL {
                     return Err(PullError::Stalled { name: target.name.clone(), missing: plan.unreachable_chunks() });
                 }
             } else {
                 idle_since = None;
+            }
+            if let Some(source) = origin.as_ref().filter(|_| use_origin) {
+                for index in plan.take_for_origin(ORIGIN_WINDOW - from_origin) {
+                    from_origin += 1;
+                    let (shared, target, source, tx) =
+                        (self.shared()?, target.clone(), source.clone(), origin_tx.clone());
+                    tasks.spawn(async move {
+                        let result = fetch_from_origin(&shared, &target, &source, index).await;
+                        let _ = tx.send((index, result)).await;
+                    });
+                }
             }
             tokio::select! {
                 Some(done) = rx.recv() => {
@@ -375,6 +459,27 @@ impl Cluster {
                         }
                     }
                 }
+                Some((index, result)) = origin_rx.recv() => {
+                    from_origin -= 1;
+                    match result {
+                        Ok(bytes) => {
+                            origin_failures = 0;
+                            shared.store().chunk_received(id, index);
+                            plan.origin_done(index);
+                            // (The metrics counted the bytes as they landed.)
+                            s3_bytes += bytes;
+                        }
+                        Err(why) => {
+                            warn!(index, %why, "reading a chunk from the S3 origin failed");
+                            plan.origin_failed(index);
+                            self.metrics.chunk_retried();
+                            origin_failures += 1;
+                            if origin_failures >= ORIGIN_MAX_FAILURES {
+                                origin = None;
+                            }
+                        }
+                    }
+                }
                 _ = refresh.tick() => {
                     plan.handle_timeouts(Instant::now());
                     match self.locate_others(&target.name).await {
@@ -396,8 +501,57 @@ impl Cluster {
         }
         tasks.abort_all();
         let from = plan.bytes_by_peer().map(|(p, b)| (p.to_owned(), b)).collect();
-        Ok((from, corrupt, plan.stats().retries))
+        Ok(Received { from, corrupt, retries: plan.stats().retries, s3_bytes })
     }
+}
+
+/// Where a pull's chunks can come from.
+struct Sources {
+    /// The other holders the scheduler knew of at the start.
+    locations: Vec<Location>,
+    /// Whether partial holders serve too (the swarm) or only complete ones.
+    relay: bool,
+    /// Chunks already in the destination (a cooperative share).
+    held: Range<u64>,
+    /// The S3 object to read chunks no peer serves from.
+    origin: Option<S3Origin>,
+}
+
+/// What the transfer of a pull did.
+#[derive(Debug, Default)]
+struct Received {
+    from: BTreeMap<NodeId, u64>,
+    corrupt: u64,
+    retries: u64,
+    s3_bytes: u64,
+}
+
+/// How a pull starts.
+#[derive(Debug)]
+// Built once per pull and moved once: boxing the big variant would buy nothing.
+#[allow(clippy::large_enum_variant)]
+pub(super) enum PullStart {
+    /// From nothing: the manifest comes from a holder; `relay` as in [`PeerRequest::Pull`].
+    Peers { relay: bool },
+    /// From this node's share of a cooperative S3 fetch (if it has one), with the manifest
+    /// assembled from every share.
+    Share { share: Option<StagedShare>, manifest: Manifest, origin: S3Origin },
+}
+
+/// Reads chunk `index` from the S3 origin, checks it against the manifest and writes it.
+async fn fetch_from_origin(shared: &Shared, target: &Target, origin: &S3Origin, index: u64) -> Result<u64, String> {
+    let range = target.manifest.chunk_range(index);
+    let mut bytes = vec![0u8; (range.end - range.start) as usize];
+    let read = shared.s3().read_range(origin, range.start, &mut bytes).await.map_err(|e| e.to_string())?;
+    let (manifest, file) = (target.manifest.clone(), target.file.clone());
+    tokio::task::spawn_blocking(move || match manifest.verify_chunk(index, &bytes) {
+        Ok(true) => file.write_all_at(&bytes, range.start).map_err(|e| format!("writing the chunk: {e}")),
+        Ok(false) => Err("the origin's bytes do not match the manifest".to_owned()),
+        Err(e) => Err(e.to_string()),
+    })
+    .await
+    .map_err(|e| format!("verification task failed: {e}"))??;
+    Ok(read)
 }
 
 /// A stable, well-spread number from a node id (FNV-1a), where a receiver that believes it

@@ -95,9 +95,12 @@ async fn serve_stream(
         PeerRequest::Manifest { name } => {
             let view = shared.store().peer_view(&name);
             let resp = match view {
-                Some(v) => {
-                    PeerResponse::Manifest { manifest: (*v.manifest).clone(), held: v.held, uploads: cluster.uploads() }
-                }
+                Some(v) => PeerResponse::Manifest {
+                    manifest: (*v.manifest).clone(),
+                    held: v.held,
+                    uploads: cluster.uploads(),
+                    origin: shared.s3().origin(v.id),
+                },
                 None => PeerResponse::NotHeld,
             };
             rpc::write_frame(&mut send, &resp).await?;
@@ -151,6 +154,32 @@ async fn serve_stream(
                 Err(e) => PeerResponse::Error { message: e.to_string() },
             };
             rpc::write_frame(&mut send, &resp).await?;
+        }
+        PeerRequest::FetchShare { name, origin, chunk_size, first, end } => {
+            drop(shared);
+            let resp = match cluster.fetch_share(&name, origin, chunk_size, first..end).await {
+                Ok((hashes, s3_bytes, seconds)) => PeerResponse::ShareFetched { hashes, s3_bytes, seconds },
+                Err(e) => PeerResponse::Error { message: e.to_string() },
+            };
+            rpc::write_frame(&mut send, &resp).await?;
+        }
+        PeerRequest::CompleteShare { name, manifest, origin, timeout_ms } => {
+            drop(shared);
+            let resp = match cluster.complete_share(&name, manifest, origin, Duration::from_millis(timeout_ms)).await {
+                Ok(report) => PeerResponse::Pulled(report),
+                Err(e) => PeerResponse::Error { message: e.to_string() },
+            };
+            rpc::write_frame(&mut send, &resp).await?;
+        }
+        PeerRequest::Prefetch { names } => {
+            drop(shared);
+            let count = cluster.prefetch(names);
+            rpc::write_frame(&mut send, &PeerResponse::Queued { count }).await?;
+        }
+        PeerRequest::DropShare { name } => {
+            drop(shared);
+            cluster.drop_share(&name);
+            rpc::write_frame(&mut send, &PeerResponse::Dropped).await?;
         }
     }
     send.finish()?;

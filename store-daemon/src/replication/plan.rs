@@ -76,7 +76,12 @@ pub struct ChunkRequest {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Chunk {
     Missing,
-    InFlight { peer: usize, deadline: Instant },
+    InFlight {
+        peer: usize,
+        deadline: Instant,
+    },
+    /// Being read from the object's S3 origin: no peer is asked for it meanwhile.
+    FromOrigin,
     Done,
 }
 
@@ -339,6 +344,36 @@ impl PullPlan {
     pub fn peer_lost(&mut self, peer: &str) {
         if let Some(p) = self.peer_index(peer) {
             self.drop_peer(p);
+        }
+    }
+
+    /// Takes up to `max` missing chunks that no live peer holds, to be read from the
+    /// object's origin instead; they are not requested from peers until
+    /// [`PullPlan::origin_failed`] puts them back.
+    pub fn take_for_origin(&mut self, max: usize) -> Vec<u64> {
+        let taken: Vec<u64> = (0..self.chunk_count())
+            .filter(|&i| self.chunks[i as usize] == Chunk::Missing && self.holders(i).next().is_none())
+            .take(max)
+            .collect();
+        for &i in &taken {
+            self.chunks[i as usize] = Chunk::FromOrigin;
+        }
+        taken
+    }
+
+    /// A chunk read from the origin matched the manifest.
+    pub fn origin_done(&mut self, index: u64) {
+        if let Some(c @ Chunk::FromOrigin) = self.chunks.get_mut(index as usize) {
+            *c = Chunk::Done;
+            self.done += 1;
+        }
+    }
+
+    /// Reading a chunk from the origin failed: it is missing again.
+    pub fn origin_failed(&mut self, index: u64) {
+        if let Some(c @ Chunk::FromOrigin) = self.chunks.get_mut(index as usize) {
+            *c = Chunk::Missing;
+            self.retries += 1;
         }
     }
 

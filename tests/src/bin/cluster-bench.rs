@@ -48,6 +48,12 @@ struct Args {
     /// Log filter of the daemons and the scheduler (e.g. debug).
     #[arg(long, default_value = "warn")]
     log: String,
+    /// Rate of the S3 endpoint host's link in Mbit/s (cases s3, s3-coop).
+    #[arg(long, default_value_t = 2000)]
+    s3_rate_mbit: u32,
+    /// Largest number of consumers on one host (case s3).
+    #[arg(long, default_value_t = 3)]
+    max_k: usize,
 }
 
 #[derive(Debug, Subcommand)]
@@ -113,6 +119,8 @@ fn main() -> anyhow::Result<()> {
         repeat: args.repeat,
         unshaped_mtus: args.unshaped_mtu,
         log: args.log,
+        s3_rate_mbit: args.s3_rate_mbit,
+        max_k: args.max_k,
     };
     let json = args.json;
     let report = cluster_bench::run(&config, |line| {

@@ -19,6 +19,9 @@ struct Args {
     /// Print the BLAKE3 of the content.
     #[arg(long)]
     hash: bool,
+    /// One JSON line per download (bytes, seconds, retries) instead of text.
+    #[arg(long)]
+    json: bool,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -30,6 +33,16 @@ fn main() -> anyhow::Result<()> {
         let reader = S3Reader::new(config.clone()).await?;
         for _ in 0..args.repeats {
             let (buf, stats) = reader.download_to_vec(&url).await?;
+            if args.json {
+                let v = serde_json::json!({
+                    "bytes": stats.bytes,
+                    "seconds": stats.elapsed.as_secs_f64(),
+                    "retries": stats.retries,
+                    "blake3": args.hash.then(|| blake3::hash(&buf).to_hex().to_string()),
+                });
+                println!("{v}");
+                continue;
+            }
             println!(
                 "part {} x{}: {} in {:.3} s = {:.2} Gbit/s ({} retries){}",
                 bytesize::ByteSize(config.part_size),

@@ -9,7 +9,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use clap::Parser;
-use store_tests::s3_server::{DirBackend, serve};
+use store_tests::s3_server::{DirBackend, Faults, serve};
 use tokio_util::sync::CancellationToken;
 
 #[derive(Debug, Parser)]
@@ -30,6 +30,24 @@ struct Args {
     /// Buckets to create if missing.
     #[arg(long)]
     bucket: Vec<String>,
+    /// Rewrite this file every 100 ms (and at exit) with the bytes served and stored so far,
+    /// as JSON: `{"body_bytes": GET body bytes, "uploaded_bytes": PUT/UploadPart bytes}`
+    /// (what the cluster bench reports as "S3 bytes served").
+    #[arg(long)]
+    stats_file: Option<PathBuf>,
+}
+
+fn write_stats(path: &std::path::Path, faults: &Faults) -> std::io::Result<()> {
+    let text = serde_json::json!({
+        "body_bytes": faults.body_bytes(),
+        "uploaded_bytes": faults.uploaded_bytes(),
+        "served_503": faults.served_503(),
+    })
+    .to_string();
+    // Renamed into place, so a reader never sees half a file.
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, text)?;
+    std::fs::rename(&tmp, path)
 }
 
 fn main() -> anyhow::Result<()> {
@@ -50,7 +68,27 @@ fn main() -> anyhow::Result<()> {
             let _ = tokio::signal::ctrl_c().await;
             token.cancel();
         });
-        serve(listener, DirBackend::new(args.root), &args.access_key, &args.secret_key, shutdown).await;
+        let backend = DirBackend::new(args.root);
+        if let Some(path) = args.stats_file.clone() {
+            let faults = backend.faults().clone();
+            let token = shutdown.clone();
+            tokio::spawn(async move {
+                loop {
+                    if let Err(e) = write_stats(&path, &faults) {
+                        eprintln!("store-s3: cannot write {}: {e}", path.display());
+                    }
+                    tokio::select! {
+                        _ = token.cancelled() => break,
+                        _ = tokio::time::sleep(std::time::Duration::from_millis(100)) => {}
+                    }
+                }
+            });
+        }
+        let faults = backend.faults().clone();
+        serve(listener, backend, &args.access_key, &args.secret_key, shutdown).await;
+        if let Some(path) = &args.stats_file {
+            write_stats(path, &faults)?;
+        }
         anyhow::Ok(())
     })
 }

@@ -284,3 +284,33 @@ fn runs_are_deterministic() {
     };
     assert_eq!(run(), run());
 }
+
+#[test]
+fn chunks_no_peer_holds_go_to_the_origin_and_are_never_asked_of_peers_meanwhile() {
+    let now = Instant::now();
+    let mut plan = PullPlan::new(8 * MIB, MIB, PlanConfig::default());
+    plan.mark_held(0);
+    plan.update_peer("a", ChunkSet::from_iter_len(8, 0..4), 0);
+    assert_eq!(plan.unreachable_chunks(), 4);
+    let taken = plan.take_for_origin(3);
+    assert_eq!(taken, vec![4, 5, 6]);
+    assert_eq!(plan.unreachable_chunks(), 1);
+    // The peer now claims one of them: it is still not asked for it.
+    plan.update_peer("a", ChunkSet::from_iter_len(8, 0..6), 0);
+    let asked = plan.poll_requests(now);
+    assert!(asked.iter().all(|r| !taken.contains(&r.index)), "{asked:?}");
+    for r in asked {
+        plan.chunk_done(&r.peer, r.index);
+    }
+    plan.origin_done(4);
+    plan.origin_failed(5);
+    plan.origin_done(6);
+    // Done twice, or done for a chunk never taken, changes nothing.
+    plan.origin_done(6);
+    plan.origin_done(7);
+    assert_eq!(plan.stats().chunks_done, 6);
+    assert_eq!(plan.stats().retries, 1);
+    // The failed one is back among the missing chunks; the peer holds it now.
+    assert!(plan.poll_requests(now).iter().any(|r| r.index == 5));
+    assert_eq!(plan.take_for_origin(8), vec![7]);
+}

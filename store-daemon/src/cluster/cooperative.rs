@@ -1,0 +1,318 @@
+//! Cooperative S3 fetch: N nodes load one S3 object while S3 serves its bytes about once.
+//!
+//! The coordinator (the daemon a client asked) splits the object's chunks into one
+//! contiguous share per node. First phase: every node reads its share from S3 into memory
+//! set aside for the object (bound to no name yet) and answers with the share's chunk
+//! hashes. Second phase: the coordinator assembles the manifest from all shares and sends
+//! it to every node, which binds its share as a partially received object, announces it,
+//! and pulls the other shares from the other nodes as in any swarm pull (each chunk
+//! verified against the manifest; the S3 origin is the fallback for chunks no peer serves).
+//! Every node's uplink carries its share to the others, so the exchange takes about one
+//! transfer time, and the S3 reads before it take 1/N of one.
+//!
+//! The manifest can only exist once every share is hashed, so the phases cannot overlap;
+//! a share that cannot be fetched aborts the whole fetch and no node keeps anything.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::ops::Range;
+use std::os::fd::OwnedFd;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use store_client::cluster::{NodeId, PeerRequest, PeerResponse, PullReport};
+use store_client::manifest::{self, Digest, Manifest};
+use store_client::protocol::{CooperativeOutcome, CooperativePull, S3Origin};
+use store_client::sys::ReadOnlyMapping;
+use tracing::{info, warn};
+
+use super::pull::PullStart;
+use super::{Cluster, PullError};
+use crate::store::StoreError;
+
+/// A share not claimed by its second phase within this time is dropped (its coordinator
+/// died between the phases).
+const STAGED_TTL: Duration = Duration::from_secs(600);
+
+/// A node's share of a cooperative fetch, between the phases.
+#[derive(Debug)]
+pub struct StagedShare {
+    pub fd: OwnedFd,
+    pub mapping: ReadOnlyMapping,
+    pub first: u64,
+    pub end: u64,
+    pub hashes: Vec<Digest>,
+    pub s3_bytes: u64,
+    origin: S3Origin,
+    generation: u64,
+}
+
+/// Contiguous shares of `count` chunks for `nodes` nodes, as even as can be.
+pub fn shares(count: u64, nodes: usize) -> Vec<Range<u64>> {
+    let n = nodes.max(1) as u64;
+    (0..n).map(|i| (i * count / n)..((i + 1) * count / n)).collect()
+}
+
+impl Cluster {
+    /// First phase on this node: reads chunks `chunks` of the S3 object into a staged share
+    /// for `name`; returns their hashes, the bytes read and the seconds it took.
+    pub async fn fetch_share(
+        self: &Arc<Self>,
+        name: &str,
+        origin: S3Origin,
+        chunk_size: u64,
+        chunks: Range<u64>,
+    ) -> Result<(Vec<Digest>, u64, f64), PullError> {
+        let started = Instant::now();
+        let shared = self.shared()?;
+        if shared.store().is_bound(name) {
+            return Err(PullError::Store(StoreError::AlreadyExists(name.to_owned()).to_string()));
+        }
+        if self.staged.lock().unwrap_or_else(|p| p.into_inner()).contains_key(name) {
+            return Err(PullError::Store(format!("a share of {name:?} is already being fetched here")));
+        }
+        let room = |size| shared.store().check_room(size);
+        let filled = shared
+            .s3()
+            .fetch_share(&origin, chunk_size, chunks.clone(), room)
+            .await
+            .map_err(|e| PullError::S3 { code: e.code(), message: e.to_string() })?
+            .map_err(|e| PullError::Store(e.to_string()))?;
+        // (S3 bytes are counted in the metrics as each part lands.)
+        let s3_bytes = filled.stats.bytes;
+        let hashes = filled.hashes.clone();
+        let generation = self.staged_generation.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let share = StagedShare {
+            fd: filled.fd,
+            mapping: filled.mapping,
+            first: chunks.start,
+            end: chunks.end,
+            hashes: filled.hashes,
+            s3_bytes,
+            origin,
+            generation,
+        };
+        {
+            let mut staged = self.staged.lock().unwrap_or_else(|p| p.into_inner());
+            if staged.contains_key(name) {
+                return Err(PullError::Store(format!("a share of {name:?} is already being fetched here")));
+            }
+            staged.insert(name.to_owned(), share);
+        }
+        let cluster = Arc::downgrade(self);
+        let owned = name.to_owned();
+        tokio::spawn(async move {
+            tokio::time::sleep(STAGED_TTL).await;
+            if let Some(cluster) = cluster.upgrade() {
+                let mut staged = cluster.staged.lock().unwrap_or_else(|p| p.into_inner());
+                if staged.get(&owned).is_some_and(|s| s.generation == generation) {
+                    warn!(name = %owned, "dropping a cooperative share never completed");
+                    staged.remove(&owned);
+                }
+            }
+        });
+        Ok((hashes, s3_bytes, started.elapsed().as_secs_f64()))
+    }
+
+    /// Second phase on this node: receives `name` from its staged share (if any) and the
+    /// other nodes.
+    pub async fn complete_share(
+        self: &Arc<Self>,
+        name: &str,
+        manifest: Manifest,
+        origin: S3Origin,
+        timeout: Duration,
+    ) -> Result<PullReport, PullError> {
+        let share = self.staged.lock().unwrap_or_else(|p| p.into_inner()).remove(name);
+        let share = share.filter(|s| s.origin == origin);
+        self.pull_with(name, timeout, PullStart::Share { share, manifest, origin }).await
+    }
+
+    /// Forgets the staged share of `name`, if any.
+    pub fn drop_share(&self, name: &str) {
+        self.staged.lock().unwrap_or_else(|p| p.into_inner()).remove(name);
+    }
+
+    /// Has `nodes` (every live node if `None`) load `url` into `name` cooperatively.
+    pub async fn pull_s3_cooperative(
+        self: &Arc<Self>,
+        url: &str,
+        name: &str,
+        nodes: Option<Vec<NodeId>>,
+        timeout: Duration,
+    ) -> Result<CooperativePull, PullError> {
+        let started = Instant::now();
+        let deadline = started + timeout;
+        let shared = self.shared()?;
+        let origin =
+            shared.s3().head(url).await.map_err(|e| PullError::S3 { code: e.code(), message: e.to_string() })?;
+        let live = self.scheduler.nodes().await?;
+        let addrs: HashMap<NodeId, SocketAddr> = live.iter().map(|n| (n.info.id.clone(), n.info.addr)).collect();
+        let mut targets = nodes.unwrap_or_else(|| live.iter().map(|n| n.info.id.clone()).collect());
+        targets.sort_unstable();
+        targets.dedup();
+        if targets.is_empty() {
+            return Err(PullError::BadRequest("no nodes to fetch with".into()));
+        }
+        if let Some(unknown) = targets.iter().find(|t| !addrs.contains_key(*t)) {
+            return Err(PullError::BadRequest(format!("{unknown} is not a live node of the cluster")));
+        }
+        if !self.scheduler.locate(name).await?.is_empty() {
+            return Err(PullError::AlreadyHeld(name.to_owned()));
+        }
+        let chunk_size = shared.config.chunk_size;
+        let count = manifest::chunk_count(origin.size, chunk_size);
+        let plan: Vec<(NodeId, Range<u64>)> = targets.iter().cloned().zip(shares(count, targets.len())).collect();
+
+        let mut fetching = tokio::task::JoinSet::new();
+        for (node, chunks) in plan.clone() {
+            let (cluster, name, origin, addr) = (self.clone(), name.to_owned(), origin.clone(), addrs[&node]);
+            let left = deadline.saturating_duration_since(Instant::now());
+            fetching.spawn(async move {
+                let result = if node == cluster.config.node_id {
+                    cluster.fetch_share(&name, origin, chunk_size, chunks.clone()).await.map_err(|e| e.to_string())
+                } else {
+                    let req =
+                        PeerRequest::FetchShare { name, origin, chunk_size, first: chunks.start, end: chunks.end };
+                    match cluster.ask_peer(&node, addr, &req, left).await {
+                        Ok(PeerResponse::ShareFetched { hashes, s3_bytes, seconds }) => Ok((hashes, s3_bytes, seconds)),
+                        Ok(PeerResponse::Error { message }) => Err(message),
+                        Ok(other) => Err(format!("unexpected answer {other:?}")),
+                        Err(e) => Err(e),
+                    }
+                };
+                (node, chunks, result)
+            });
+        }
+        let mut fetched: HashMap<NodeId, (Vec<Digest>, u64)> = HashMap::new();
+        let mut failed = Vec::new();
+        while let Some(done) = fetching.join_next().await {
+            match done {
+                Ok((node, chunks, Ok((hashes, s3_bytes, _)))) if hashes.len() as u64 == chunks.end - chunks.start => {
+                    fetched.insert(node, (hashes, s3_bytes));
+                }
+                Ok((node, _, Ok(_))) => failed.push(format!("{node}: wrong number of chunk hashes")),
+                Ok((node, _, Err(e))) => failed.push(format!("{node}: {e}")),
+                Err(e) => failed.push(format!("share task failed: {e}")),
+            }
+        }
+        let share_seconds = started.elapsed().as_secs_f64();
+        let mut hashes = Vec::with_capacity(count as usize);
+        for (node, _) in &plan {
+            if let Some((h, _)) = fetched.get(node) {
+                hashes.extend_from_slice(h);
+            }
+        }
+        let manifest = match failed.is_empty() {
+            true => Manifest::from_chunk_hashes(origin.size, chunk_size, hashes).map_err(|e| e.to_string()),
+            false => Err(failed.join("; ")),
+        };
+        let manifest = match manifest {
+            Ok(m) => m,
+            Err(why) => {
+                self.drop_shares(name, &targets, &addrs).await;
+                return Err(PullError::Cooperative(why));
+            }
+        };
+        info!(name, nodes = targets.len(), share_seconds, "cooperative fetch: shares read, exchanging");
+
+        let mut completing = tokio::task::JoinSet::new();
+        for (node, chunks) in plan {
+            let (cluster, name, origin, manifest, addr) =
+                (self.clone(), name.to_owned(), origin.clone(), manifest.clone(), addrs[&node]);
+            let left = deadline.saturating_duration_since(Instant::now());
+            completing.spawn(async move {
+                let result = if node == cluster.config.node_id {
+                    cluster.complete_share(&name, manifest, origin, left).await.map_err(|e| e.to_string())
+                } else {
+                    let timeout_ms = left.as_millis() as u64;
+                    let req = PeerRequest::CompleteShare { name, manifest, origin, timeout_ms };
+                    match cluster.ask_peer(&node, addr, &req, left).await {
+                        Ok(PeerResponse::Pulled(report)) => Ok(report),
+                        Ok(PeerResponse::Error { message }) => Err(message),
+                        Ok(other) => Err(format!("unexpected answer {other:?}")),
+                        Err(e) => Err(e),
+                    }
+                };
+                CooperativeOutcome { node, share: (chunks.start, chunks.end), result }
+            });
+        }
+        let mut outcomes = Vec::new();
+        while let Some(done) = completing.join_next().await {
+            if let Ok(outcome) = done {
+                outcomes.push(outcome);
+            }
+        }
+        outcomes.sort_by(|a, b| a.node.cmp(&b.node));
+        // A node that failed the exchange still read its share.
+        let s3_bytes = outcomes
+            .iter()
+            .map(|o| match &o.result {
+                Ok(report) => report.s3_bytes,
+                Err(_) => fetched.get(&o.node).map_or(0, |(_, b)| *b),
+            })
+            .sum();
+        Ok(CooperativePull {
+            name: name.to_owned(),
+            origin,
+            digest: manifest.root,
+            share_seconds,
+            total_seconds: started.elapsed().as_secs_f64(),
+            s3_bytes,
+            nodes: outcomes,
+        })
+    }
+
+    /// Best effort: every target forgets its share of `name`.
+    async fn drop_shares(self: &Arc<Self>, name: &str, targets: &[NodeId], addrs: &HashMap<NodeId, SocketAddr>) {
+        let mut dropping = tokio::task::JoinSet::new();
+        for node in targets {
+            let (cluster, node, name, addr) = (self.clone(), node.clone(), name.to_owned(), addrs[node]);
+            dropping.spawn(async move {
+                if node == cluster.config.node_id {
+                    cluster.drop_share(&name);
+                } else if let Err(e) =
+                    cluster.ask_peer(&node, addr, &PeerRequest::DropShare { name }, Duration::from_secs(5)).await
+                {
+                    warn!(%node, error = %e, "could not drop a cooperative share");
+                }
+            });
+        }
+        while dropping.join_next().await.is_some() {}
+    }
+
+    /// Sends one request to a peer and returns its answer, within `timeout`.
+    pub(super) async fn ask_peer(
+        &self,
+        node: &str,
+        addr: SocketAddr,
+        req: &PeerRequest,
+        timeout: Duration,
+    ) -> Result<PeerResponse, String> {
+        let ask = async {
+            let conn = self.connect(node, addr).await?;
+            store_client::rpc::call::<_, PeerResponse>(&conn, req).await.map(|(r, _)| r).map_err(|e| e.to_string())
+        };
+        tokio::time::timeout(timeout + Duration::from_secs(5), ask).await.unwrap_or_else(|_| Err("timed out".into()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shares_cover_every_chunk_once_and_differ_by_at_most_one() {
+        for count in [1u64, 2, 5, 64, 65, 1000] {
+            for nodes in 1..=7 {
+                let s = shares(count, nodes);
+                assert_eq!(s.len(), nodes);
+                assert_eq!(s[0].start, 0);
+                assert_eq!(s[nodes - 1].end, count);
+                assert!(s.windows(2).all(|w| w[0].end == w[1].start));
+                let lens: Vec<u64> = s.iter().map(|r| r.end - r.start).collect();
+                assert!(lens.iter().max().unwrap() - lens.iter().min().unwrap() <= 1, "{count} {nodes} {lens:?}");
+            }
+        }
+    }
+}
