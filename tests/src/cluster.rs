@@ -227,15 +227,8 @@ impl TestCluster {
     }
 
     /// Polls `check` every 50 ms until it returns true or `limit` passes.
-    pub fn wait_until(&self, limit: Duration, mut check: impl FnMut() -> bool) -> bool {
-        let start = Instant::now();
-        while start.elapsed() < limit {
-            if check() {
-                return true;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        false
+    pub fn wait_until(&self, limit: Duration, check: impl FnMut() -> bool) -> bool {
+        crate::wait_until(limit, check)
     }
 }
 

@@ -197,3 +197,15 @@ pub fn payload(len: usize, seed: u64) -> Vec<u8> {
     }
     v
 }
+
+/// Polls `check` every 50 ms until it returns true (then true) or `limit` passes (false).
+pub fn wait_until(limit: Duration, mut check: impl FnMut() -> bool) -> bool {
+    let start = Instant::now();
+    while start.elapsed() < limit {
+        if check() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    false
+}
