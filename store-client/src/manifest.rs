@@ -57,7 +57,9 @@ pub struct Manifest {
     pub root: Digest,
 }
 
-fn check_chunk_size(chunk_size: u64) -> Result<(), ManifestError> {
+/// A chunk size must be a power of two of at least one BLAKE3 chunk (1 KiB), so that every
+/// chunk is a subtree of the object's BLAKE3 tree.
+pub fn check_chunk_size(chunk_size: u64) -> Result<(), ManifestError> {
     if chunk_size < blake3::CHUNK_LEN as u64 || !chunk_size.is_power_of_two() {
         return Err(ManifestError::BadChunkSize(chunk_size));
     }

@@ -64,6 +64,7 @@ impl Cluster {
         chunks: Range<u64>,
     ) -> Result<(Vec<Digest>, u64, f64), PullError> {
         let started = Instant::now();
+        manifest::check_chunk_size(chunk_size).map_err(|e| PullError::BadRequest(e.to_string()))?;
         let shared = self.shared()?;
         if shared.store().is_bound(name) {
             return Err(PullError::Store(StoreError::AlreadyExists(name.to_owned()).to_string()));
@@ -123,6 +124,12 @@ impl Cluster {
         origin: S3Origin,
         timeout: Duration,
     ) -> Result<PullReport, PullError> {
+        // The manifest comes from a peer: it must describe the S3 object and hash to its root.
+        let consistent = Manifest::from_chunk_hashes(manifest.size, manifest.chunk_size, manifest.chunks.clone())
+            .is_ok_and(|check| check.root == manifest.root && manifest.size == origin.size);
+        if !consistent {
+            return Err(PullError::BadRequest(format!("the manifest sent for {name:?} is inconsistent")));
+        }
         let share = self.staged.lock().unwrap_or_else(|p| p.into_inner()).remove(name);
         let share = share.filter(|s| s.origin == origin);
         self.pull_with(name, timeout, PullStart::Share { share, manifest, origin }).await
