@@ -132,30 +132,36 @@ impl S3Ingest {
             return Ok(Err(e));
         }
         let count = manifest::chunk_count(meta.size, chunk_size);
-        let filled = fill_and_hash(&reader, &parsed, &meta, chunk_size, 0..count, &|n| self.count_landed(n)).await?;
+        let filled =
+            fill_and_hash(&reader, &parsed, &meta, chunk_size, 0..count, &|n| self.count_landed(n), None).await?;
         sys::seal_immutable(filled.fd.as_fd())?;
         let manifest = Manifest::from_chunk_hashes(meta.size, chunk_size, filled.hashes)?;
         let origin = S3Origin { url: parsed.to_string(), etag: meta.etag, size: meta.size };
         Ok(Ok(Fetched { fd: filled.fd, manifest, mapping: filled.mapping, origin, stats: filled.stats }))
     }
 
-    /// Downloads chunks `chunks` of the object `origin` names into a new memfd of the
-    /// object's full size (the pages of other chunks stay unallocated), not sealed: the
-    /// first phase of a cooperative fetch. Checks `room(size)` first.
+    /// Downloads chunks `chunks` of the object `origin` names, not sealed: the first phase
+    /// of a cooperative fetch. Into `into` (a memfd of the object's size and its mapping,
+    /// from an earlier share) if given, else into a new memfd of the object's full size (the
+    /// pages of other chunks stay unallocated) after checking `room(size)`.
     pub async fn fetch_share(
         &self,
         origin: &S3Origin,
         chunk_size: u64,
         chunks: Range<u64>,
+        into: Option<(OwnedFd, ReadOnlyMapping)>,
         room: impl FnOnce(u64) -> Result<(), crate::store::StoreError>,
     ) -> Result<Result<Filled, crate::store::StoreError>, S3IngestError> {
         let parsed: S3Url = origin.url.parse()?;
         let reader = self.reader().await?.clone();
         let meta = ObjectMeta { size: origin.size, etag: origin.etag.clone() };
-        if let Err(e) = room(meta.size) {
+        if into.is_none()
+            && let Err(e) = room(meta.size)
+        {
             return Ok(Err(e));
         }
-        Ok(Ok(fill_and_hash(&reader, &parsed, &meta, chunk_size, chunks, &|n| self.count_landed(n)).await?))
+        let counted = |n| self.count_landed(n);
+        Ok(Ok(fill_and_hash(&reader, &parsed, &meta, chunk_size, chunks, &counted, into).await?))
     }
 
     /// Reads bytes `range` of the object `origin` names into `dst` (its length): a receiver
@@ -187,9 +193,9 @@ pub struct Filled {
     pub stats: DownloadStats,
 }
 
-/// Creates a memfd of the object's size and fills chunks `chunks` of it with parallel
-/// ranged GETs, each chunk hashed on another thread as soon as all of its bytes landed;
-/// `landed(bytes)` as each part lands (the metrics).
+/// Fills chunks `chunks` of `dest` (a memfd of the object's size and a mapping of it; a new
+/// one if `None`) with parallel ranged GETs, each chunk hashed on another thread as soon as
+/// all of its bytes landed; `landed(bytes)` as each part lands (the metrics).
 async fn fill_and_hash(
     reader: &S3Reader,
     url: &S3Url,
@@ -197,14 +203,23 @@ async fn fill_and_hash(
     chunk_size: u64,
     chunks: Range<u64>,
     landed: &(dyn Fn(u64) + Sync),
+    dest: Option<(OwnedFd, ReadOnlyMapping)>,
 ) -> Result<Filled, S3IngestError> {
     let size = meta.size;
     let count = manifest::chunk_count(size, chunk_size);
     if chunks.start > chunks.end || chunks.end > count {
         return Err(S3IngestError::Share { first: chunks.start, end: chunks.end, count });
     }
-    let fd = sys::create_memfd(size)?;
-    let hashing = Arc::new(ReadOnlyMapping::new_exclusive(fd.as_fd(), size)?);
+    let (fd, hashing) = match dest {
+        Some((fd, mapping)) if mapping.len() as u64 == size => (fd, mapping),
+        Some(_) => return Err(S3IngestError::Share { first: chunks.start, end: chunks.end, count }),
+        None => {
+            let fd = sys::create_memfd(size)?;
+            let mapping = ReadOnlyMapping::new_exclusive(fd.as_fd(), size)?;
+            (fd, mapping)
+        }
+    };
+    let hashing = Arc::new(hashing);
     let mut writable = WritableMapping::new(fd.as_fd(), size)?;
     let first_byte = (chunks.start * chunk_size).min(size);
     let end_byte = (chunks.end * chunk_size).min(size);

@@ -95,7 +95,9 @@ fn cooperative_fetch_to_three_hosts_reads_each_byte_from_s3_about_once() {
     let want = digest(&data);
     let size = data.len() as u64;
     let small = payload(5 * MIB + 3, 8);
-    let env = start(3, LinkSpec::shaped(800, 1500), &[("coop/model.bin", &data), ("coop/small.bin", &small)]);
+    let tiny = payload(1000, 9);
+    let objects: [(&str, &[u8]); 3] = [("coop/model.bin", &data), ("coop/small.bin", &small), ("coop/tiny.bin", &tiny)];
+    let env = start(3, LinkSpec::shaped(800, 1500), &objects);
     let cluster = &env.cluster;
 
     let url = format!("s3://{BUCKET}/coop/model.bin");
@@ -142,6 +144,16 @@ fn cooperative_fetch_to_three_hosts_reads_each_byte_from_s3_about_once() {
         cluster.client(0).unwrap().stat("coop/small").unwrap().digest.unwrap().to_hex().to_string(),
         digest(&small)
     );
+
+    // More nodes than chunks: two of the three shares are empty.
+    let pulled = cluster
+        .client(0)
+        .unwrap()
+        .pull_s3_cooperative(&format!("s3://{BUCKET}/coop/tiny.bin"), "coop/tiny", None, Duration::from_secs(30))
+        .unwrap();
+    assert_eq!(pulled.digest.to_hex().to_string(), digest(&tiny));
+    assert!(pulled.nodes.iter().all(|o| o.result.is_ok()), "{:?}", pulled.nodes);
+    assert_eq!(pulled.s3_bytes, 1000);
 
     // Once held, a second cooperative fetch of the name is refused and changes nothing.
     let again = cluster.client(0).unwrap().pull_s3_cooperative(&url, "coop/model.bin", None, Duration::from_secs(30));
@@ -197,4 +209,36 @@ fn a_receiver_whose_only_peer_dies_finishes_from_the_s3_origin() {
     assert!(report.from.get(&node_id(0)).is_some_and(|b| *b > 0), "{report:?}");
     let stat = env.cluster.client(1).unwrap().stat("fallback/model.bin").unwrap();
     assert_eq!(stat.digest.unwrap().to_hex().to_string(), want);
+}
+
+#[test]
+fn the_share_of_a_node_that_cannot_reach_s3_is_read_by_another() {
+    if !requires_root() {
+        return;
+    }
+    let data = payload(40 * MIB + 777, 11);
+    let want = digest(&data);
+    let mut env = start(3, LinkSpec::shaped(800, 1500), &[("coop/taken-over.bin", &data)]);
+    // node-2's S3 endpoint points nowhere: its share fails at once.
+    env.cluster.restart_daemon(2, &["--s3-endpoint", "http://127.0.0.1:9", "--s3-max-attempts", "1"]).unwrap();
+    env.cluster.wait_registered(3, Duration::from_secs(20)).unwrap();
+    let url = format!("s3://{BUCKET}/coop/taken-over.bin");
+    let pulled = env
+        .cluster
+        .client(0)
+        .unwrap()
+        .pull_s3_cooperative(&url, "coop/taken-over", None, Duration::from_secs(120))
+        .unwrap();
+    assert_eq!(pulled.digest.to_hex().to_string(), want);
+    let failed: Vec<_> = pulled.nodes.iter().filter(|o| o.result.is_err()).collect();
+    assert_eq!(failed.len(), 1, "{:?}", pulled.nodes);
+    assert_eq!(failed[0].node, node_id(2));
+    assert!(failed[0].result.as_ref().unwrap_err().contains("instead"), "{:?}", failed[0]);
+    let factor = pulled.s3_bytes as f64 / data.len() as f64;
+    assert!((0.99..=1.1).contains(&factor), "S3 served {factor:.3} x the object");
+    for i in 0..2 {
+        let stat = env.cluster.client(i).unwrap().stat("coop/taken-over").unwrap();
+        assert_eq!(stat.digest.unwrap().to_hex().to_string(), want, "{}", node_id(i));
+    }
+    assert!(env.cluster.client(2).unwrap().stat("coop/taken-over").is_err());
 }

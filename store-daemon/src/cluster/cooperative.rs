@@ -10,8 +10,10 @@
 //! Every node's uplink carries its share to the others, so the exchange takes about one
 //! transfer time, and the S3 reads before it take 1/N of one.
 //!
-//! The manifest can only exist once every share is hashed, so the phases cannot overlap;
-//! a share that cannot be fetched aborts the whole fetch and no node keeps anything.
+//! The manifest can only exist once every share is hashed, so the phases cannot overlap.
+//! The share of a node that fails the first phase is read by one of the others instead and
+//! the failed node is left out; if that fails too (or every node failed), the whole fetch
+//! fails and no node keeps anything.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -34,16 +36,17 @@ use crate::store::StoreError;
 /// died between the phases).
 const STAGED_TTL: Duration = Duration::from_secs(600);
 
-/// A node's share of a cooperative fetch, between the phases.
+/// A node's share of a cooperative fetch, between the phases: usually one range of chunks,
+/// more when it took over the share of a node that failed.
 #[derive(Debug)]
 pub struct StagedShare {
     pub fd: OwnedFd,
     pub mapping: ReadOnlyMapping,
-    pub first: u64,
-    pub end: u64,
-    pub hashes: Vec<Digest>,
+    /// The chunk ranges fetched and their hashes.
+    pub ranges: Vec<(Range<u64>, Vec<Digest>)>,
     pub s3_bytes: u64,
     origin: S3Origin,
+    chunk_size: u64,
     generation: u64,
 }
 
@@ -69,28 +72,47 @@ impl Cluster {
         if shared.store().is_bound(name) {
             return Err(PullError::Store(StoreError::AlreadyExists(name.to_owned()).to_string()));
         }
-        if self.staged.lock().unwrap_or_else(|p| p.into_inner()).contains_key(name) {
-            return Err(PullError::Store(format!("a share of {name:?} is already being fetched here")));
-        }
+        // A second share for the same object (taken over from a node that failed) goes into
+        // the same memory; the entry is out of the map meanwhile.
+        let earlier = {
+            let mut staged = self.staged.lock().unwrap_or_else(|p| p.into_inner());
+            match staged.get(name) {
+                None => None,
+                Some(s)
+                    if s.origin == origin
+                        && s.chunk_size == chunk_size
+                        && s.ranges.iter().all(|(r, _)| r.end <= chunks.start || chunks.end <= r.start) =>
+                {
+                    staged.remove(name)
+                }
+                Some(_) => {
+                    return Err(PullError::Store(format!("a different share of {name:?} is already staged here")));
+                }
+            }
+        };
+        let (into, mut ranges, earlier_bytes) = match earlier {
+            Some(s) => (Some((s.fd, s.mapping)), s.ranges, s.s3_bytes),
+            None => (None, Vec::new(), 0),
+        };
         let room = |size| shared.store().check_room(size);
         let filled = shared
             .s3()
-            .fetch_share(&origin, chunk_size, chunks.clone(), room)
+            .fetch_share(&origin, chunk_size, chunks.clone(), into, room)
             .await
             .map_err(|e| PullError::S3 { code: e.code(), message: e.to_string() })?
             .map_err(|e| PullError::Store(e.to_string()))?;
         // (S3 bytes are counted in the metrics as each part lands.)
         let s3_bytes = filled.stats.bytes;
         let hashes = filled.hashes.clone();
+        ranges.push((chunks.clone(), filled.hashes));
         let generation = self.staged_generation.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let share = StagedShare {
             fd: filled.fd,
             mapping: filled.mapping,
-            first: chunks.start,
-            end: chunks.end,
-            hashes: filled.hashes,
-            s3_bytes,
+            ranges,
+            s3_bytes: earlier_bytes + s3_bytes,
             origin,
+            chunk_size,
             generation,
         };
         {
@@ -191,28 +213,77 @@ impl Cluster {
                 (node, chunks, result)
             });
         }
-        let mut fetched: HashMap<NodeId, (Vec<Digest>, u64)> = HashMap::new();
-        let mut failed = Vec::new();
+        // Hashes by their range (empty ranges too: more nodes than chunks); S3 bytes by node.
+        let mut hashes_of: HashMap<(u64, u64), Vec<Digest>> = HashMap::new();
+        let mut s3_of: HashMap<NodeId, u64> = HashMap::new();
+        let mut ok_nodes: Vec<NodeId> = Vec::new();
+        let mut failed: Vec<(NodeId, Range<u64>, String)> = Vec::new();
         while let Some(done) = fetching.join_next().await {
             match done {
                 Ok((node, chunks, Ok((hashes, s3_bytes, _)))) if hashes.len() as u64 == chunks.end - chunks.start => {
-                    fetched.insert(node, (hashes, s3_bytes));
+                    hashes_of.insert((chunks.start, chunks.end), hashes);
+                    s3_of.insert(node.clone(), s3_bytes);
+                    ok_nodes.push(node);
                 }
-                Ok((node, _, Ok(_))) => failed.push(format!("{node}: wrong number of chunk hashes")),
-                Ok((node, _, Err(e))) => failed.push(format!("{node}: {e}")),
-                Err(e) => failed.push(format!("share task failed: {e}")),
+                Ok((node, chunks, Ok(_))) => failed.push((node, chunks, "wrong number of chunk hashes".into())),
+                Ok((node, chunks, Err(e))) => failed.push((node, chunks, e)),
+                Err(e) => return Err(PullError::Cooperative(format!("share task failed: {e}"))),
+            }
+        }
+        ok_nodes.sort_unstable();
+        failed.sort_by(|a, b| a.0.cmp(&b.0));
+        // The shares of nodes that failed go to the others, one at a time (a node keeps one
+        // staged object, extended in place).
+        let mut taken_over: HashMap<NodeId, String> = HashMap::new();
+        let mut abort = if ok_nodes.is_empty() && !failed.is_empty() {
+            Some(failed.iter().map(|(n, _, e)| format!("{n}: {e}")).collect::<Vec<_>>().join("; "))
+        } else {
+            None
+        };
+        for (i, (node, chunks, why)) in failed.iter().enumerate() {
+            if abort.is_some() {
+                break;
+            }
+            let substitute = &ok_nodes[i % ok_nodes.len()];
+            warn!(%node, %substitute, error = %why, "cooperative share failed; another node takes it over");
+            let left = deadline.saturating_duration_since(Instant::now());
+            let result = if *substitute == self.config.node_id {
+                self.fetch_share(name, origin.clone(), chunk_size, chunks.clone()).await.map_err(|e| e.to_string())
+            } else {
+                let req = PeerRequest::FetchShare {
+                    name: name.to_owned(),
+                    origin: origin.clone(),
+                    chunk_size,
+                    first: chunks.start,
+                    end: chunks.end,
+                };
+                match self.ask_peer(substitute, addrs[substitute], &req, left).await {
+                    Ok(PeerResponse::ShareFetched { hashes, s3_bytes, seconds }) => Ok((hashes, s3_bytes, seconds)),
+                    Ok(PeerResponse::Error { message }) => Err(message),
+                    Ok(other) => Err(format!("unexpected answer {other:?}")),
+                    Err(e) => Err(e),
+                }
+            };
+            match result {
+                Ok((hashes, s3_bytes, _)) if hashes.len() as u64 == chunks.end - chunks.start => {
+                    hashes_of.insert((chunks.start, chunks.end), hashes);
+                    *s3_of.entry(substitute.clone()).or_default() += s3_bytes;
+                    taken_over.insert(node.clone(), format!("its share failed ({why}); {substitute} read it instead"));
+                }
+                Ok(_) => abort = Some(format!("{node}: {why}; {substitute} too: wrong number of chunk hashes")),
+                Err(e) => abort = Some(format!("{node}: {why}; {substitute} too: {e}")),
             }
         }
         let share_seconds = started.elapsed().as_secs_f64();
         let mut hashes = Vec::with_capacity(count as usize);
-        for (node, _) in &plan {
-            if let Some((h, _)) = fetched.get(node) {
+        for (_, chunks) in &plan {
+            if let Some(h) = hashes_of.get(&(chunks.start, chunks.end)) {
                 hashes.extend_from_slice(h);
             }
         }
-        let manifest = match failed.is_empty() {
-            true => Manifest::from_chunk_hashes(origin.size, chunk_size, hashes).map_err(|e| e.to_string()),
-            false => Err(failed.join("; ")),
+        let manifest = match abort {
+            None => Manifest::from_chunk_hashes(origin.size, chunk_size, hashes).map_err(|e| e.to_string()),
+            Some(why) => Err(why),
         };
         let manifest = match manifest {
             Ok(m) => m,
@@ -221,10 +292,15 @@ impl Cluster {
                 return Err(PullError::Cooperative(why));
             }
         };
-        info!(name, nodes = targets.len(), share_seconds, "cooperative fetch: shares read, exchanging");
+        let failed_nodes: Vec<NodeId> = failed.iter().map(|(n, _, _)| n.clone()).collect();
+        if !failed_nodes.is_empty() {
+            // Best effort, in case a share landed after its node was given up.
+            self.drop_shares(name, &failed_nodes, &addrs).await;
+        }
+        info!(name, nodes = ok_nodes.len(), share_seconds, "cooperative fetch: shares read, exchanging");
 
         let mut completing = tokio::task::JoinSet::new();
-        for (node, chunks) in plan {
+        for (node, chunks) in plan.iter().filter(|(n, _)| !taken_over.contains_key(n)).cloned() {
             let (cluster, name, origin, manifest, addr) =
                 (self.clone(), name.to_owned(), origin.clone(), manifest.clone(), addrs[&node]);
             let left = deadline.saturating_duration_since(Instant::now());
@@ -244,7 +320,17 @@ impl Cluster {
                 CooperativeOutcome { node, share: (chunks.start, chunks.end), result }
             });
         }
-        let mut outcomes = Vec::new();
+        let mut outcomes: Vec<CooperativeOutcome> = plan
+            .iter()
+            .filter_map(|(node, chunks)| {
+                let why = taken_over.get(node)?;
+                Some(CooperativeOutcome {
+                    node: node.clone(),
+                    share: (chunks.start, chunks.end),
+                    result: Err(why.clone()),
+                })
+            })
+            .collect();
         while let Some(done) = completing.join_next().await {
             if let Ok(outcome) = done {
                 outcomes.push(outcome);
@@ -256,7 +342,7 @@ impl Cluster {
             .iter()
             .map(|o| match &o.result {
                 Ok(report) => report.s3_bytes,
-                Err(_) => fetched.get(&o.node).map_or(0, |(_, b)| *b),
+                Err(_) => s3_of.get(&o.node).copied().unwrap_or(0),
             })
             .sum();
         Ok(CooperativePull {

@@ -202,19 +202,22 @@ impl Cluster {
         let size = manifest.size;
         let (fd, mapping, held, share_bytes) = match share {
             Some(share) => {
-                let expected = manifest.chunks.get(share.first as usize..share.end as usize);
-                if expected != Some(share.hashes.as_slice()) {
+                let matches = share.ranges.iter().all(|(range, hashes)| {
+                    manifest.chunks.get(range.start as usize..range.end as usize) == Some(hashes.as_slice())
+                });
+                if !matches || share.mapping.len() as u64 != size {
                     return Err(PullError::Store(format!("the manifest of {name:?} does not match this node's share")));
                 }
                 shared.store().check_room(size).map_err(|e| PullError::Store(e.to_string()))?;
-                (share.fd, share.mapping, share.first..share.end, share.s3_bytes)
+                let held = share.ranges.into_iter().map(|(range, _)| range).collect();
+                (share.fd, share.mapping, held, share.s3_bytes)
             }
             None => {
                 shared.store().check_room(size).map_err(|e| PullError::Store(e.to_string()))?;
                 let fd = sys::create_memfd(size).map_err(|e| PullError::Io(e.to_string()))?;
                 let mapping =
                     ReadOnlyMapping::new_exclusive(fd.as_fd(), size).map_err(|e| PullError::Io(e.to_string()))?;
-                (fd, mapping, 0..0, 0)
+                (fd, mapping, Vec::new(), 0)
             }
         };
         let file = Arc::new(File::from(fd.try_clone().map_err(|e| PullError::Io(e.to_string()))?));
@@ -224,7 +227,7 @@ impl Cluster {
             Err(StoreError::AlreadyExists(_)) => return Ok(self.report(name, 0, started, None)),
             Err(e) => return Err(PullError::Store(e.to_string())),
         };
-        for index in held.clone() {
+        for index in held.iter().flat_map(Range::clone) {
             shared.store().chunk_received(id, index);
         }
         let Some(view) = shared.store().peer_view(name) else {
@@ -362,7 +365,7 @@ impl Cluster {
         if relay {
             plan.set_start_hint(start_hint(&self.config.node_id));
         }
-        for index in held {
+        for index in held.into_iter().flatten() {
             plan.mark_held(index);
         }
         let (origin_tx, mut origin_rx) = mpsc::channel::<(u64, Result<u64, String>)>(ORIGIN_WINDOW);
@@ -511,8 +514,8 @@ struct Sources {
     locations: Vec<Location>,
     /// Whether partial holders serve too (the swarm) or only complete ones.
     relay: bool,
-    /// Chunks already in the destination (a cooperative share).
-    held: Range<u64>,
+    /// Chunks already in the destination (the ranges of a cooperative share).
+    held: Vec<Range<u64>>,
     /// The S3 object to read chunks no peer serves from.
     origin: Option<S3Origin>,
 }
