@@ -186,6 +186,22 @@ fn env_nonempty(name: &str) -> Option<String> {
     std::env::var(name).ok().filter(|v| !v.trim().is_empty())
 }
 
+/// The variable `name` parsed, if set; a value that does not parse is an error naming it.
+fn env_parsed<T: FromStr>(name: &'static str) -> Result<Option<T>, S3Error>
+where
+    T::Err: fmt::Display,
+{
+    env_nonempty(name)
+        .map(|value| {
+            value.parse().map_err(|e: T::Err| S3Error::InvalidSetting {
+                name,
+                why: e.to_string(),
+                value: value.clone(),
+            })
+        })
+        .transpose()
+}
+
 impl S3Config {
     /// Defaults overridden by the `STORE_S3_*` environment variables.
     pub fn from_env() -> Result<Self, S3Error> {
@@ -203,27 +219,14 @@ impl S3Config {
                 }
             });
         }
-        if let Some(v) = env_nonempty(PART_SIZE_ENV) {
-            let size = v.parse::<bytesize::ByteSize>().map_err(|why| S3Error::InvalidSetting {
-                name: PART_SIZE_ENV,
-                value: v.clone(),
-                why,
-            })?;
+        if let Some(size) = env_parsed::<bytesize::ByteSize>(PART_SIZE_ENV)? {
             c.part_size = size.as_u64();
         }
-        if let Some(v) = env_nonempty(CONCURRENCY_ENV) {
-            c.concurrency = v.parse().map_err(|e: std::num::ParseIntError| S3Error::InvalidSetting {
-                name: CONCURRENCY_ENV,
-                value: v.clone(),
-                why: e.to_string(),
-            })?;
+        if let Some(n) = env_parsed(CONCURRENCY_ENV)? {
+            c.concurrency = n;
         }
-        if let Some(v) = env_nonempty(MAX_ATTEMPTS_ENV) {
-            c.max_attempts = v.parse().map_err(|e: std::num::ParseIntError| S3Error::InvalidSetting {
-                name: MAX_ATTEMPTS_ENV,
-                value: v.clone(),
-                why: e.to_string(),
-            })?;
+        if let Some(n) = env_parsed(MAX_ATTEMPTS_ENV)? {
+            c.max_attempts = n;
         }
         c.validate()?;
         Ok(c)

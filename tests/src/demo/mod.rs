@@ -202,6 +202,34 @@ pub struct Consumer {
     pub from: std::collections::BTreeMap<String, u64>,
 }
 
+impl Consumer {
+    /// A node's consumer from its pull outcome (`None`: none reported): time and sources
+    /// from the report, then `more` for what the case checks besides.
+    fn of_pull(
+        who: &str,
+        outcome: Option<&Result<store_client::cluster::PullReport, String>>,
+        more: impl FnOnce(&mut Consumer, &store_client::cluster::PullReport),
+    ) -> Consumer {
+        let mut c = Consumer {
+            who: who.to_owned(),
+            seconds: f64::NAN,
+            digest_ok: false,
+            error: None,
+            from: Default::default(),
+        };
+        match outcome {
+            None => c.error = Some("no outcome reported".into()),
+            Some(Err(e)) => c.error = Some(e.clone()),
+            Some(Ok(r)) => {
+                c.seconds = r.seconds;
+                c.from = r.from.clone();
+                more(&mut c, r);
+            }
+        }
+        c
+    }
+}
+
 /// One row of the table.
 #[derive(Clone, Debug, Serialize)]
 pub struct Row {
@@ -757,26 +785,13 @@ impl Ctx<'_> {
             .iter()
             .zip(&ids)
             .map(|(&i, id)| {
-                let mut c = Consumer {
-                    who: id.clone(),
-                    seconds: f64::NAN,
-                    digest_ok: false,
-                    error: None,
-                    from: Default::default(),
-                };
-                match outcomes.iter().find(|o| &o.node == id).map(|o| &o.result) {
-                    None => c.error = Some("no outcome reported".into()),
-                    Some(Err(e)) => c.error = Some(e.clone()),
-                    Some(Ok(r)) => {
-                        c.seconds = r.seconds;
-                        c.from = r.from.clone();
-                        if r.already_present {
-                            c.error = Some("already present: nothing was transferred".into());
-                        }
-                        c.digest_ok = self.digest_on(i, WEIGHTS);
+                let outcome = outcomes.iter().find(|o| &o.node == id).map(|o| &o.result);
+                Consumer::of_pull(id, outcome, |c, r| {
+                    if r.already_present {
+                        c.error = Some("already present: nothing was transferred".into());
                     }
-                }
-                c
+                    c.digest_ok = self.digest_on(i, WEIGHTS);
+                })
             })
             .collect())
     }
@@ -890,26 +905,13 @@ impl Ctx<'_> {
             .iter()
             .zip(&ids)
             .map(|(&i, id)| {
-                let mut c = Consumer {
-                    who: id.clone(),
-                    seconds: f64::NAN,
-                    digest_ok: false,
-                    error: None,
-                    from: Default::default(),
-                };
-                match pull.nodes.iter().find(|o| &o.node == id).map(|o| &o.result) {
-                    None => c.error = Some("no outcome reported".into()),
-                    Some(Err(e)) => c.error = Some(e.clone()),
-                    Some(Ok(r)) => {
-                        c.seconds = r.seconds;
-                        c.from = r.from.clone();
-                        if r.s3_bytes > 0 {
-                            c.from.insert("s3".into(), r.s3_bytes);
-                        }
-                        c.digest_ok = pull.digest.to_hex() == self.digest && self.digest_on(i, COOP_NAME);
+                let outcome = pull.nodes.iter().find(|o| &o.node == id).map(|o| &o.result);
+                Consumer::of_pull(id, outcome, |c, r| {
+                    if r.s3_bytes > 0 {
+                        c.from.insert("s3".into(), r.s3_bytes);
                     }
-                }
-                c
+                    c.digest_ok = pull.digest.to_hex() == self.digest && self.digest_on(i, COOP_NAME);
+                })
             })
             .collect();
         Ok((consumers, pull.total_seconds, pull.s3_bytes))
