@@ -1,0 +1,9 @@
+#![no_main]
+
+#[path = "../harness/local_frame.rs"]
+mod harness;
+
+libfuzzer_sys::fuzz_target!(
+    init: store_fuzz::write_seeds_if_asked(harness::seeds),
+    |data: &[u8]| harness::run(data)
+);
