@@ -13,7 +13,9 @@ const HEADER_LEN: usize = 4;
 
 #[derive(Debug, Error, PartialEq, Eq)]
 pub enum FrameError {
-    #[error("frame of {0} bytes exceeds the limit of {MAX_FRAME_LEN}")]
+    /// A header announced more than the reader's limit ([`MAX_FRAME_LEN`] or the one given
+    /// to [`FrameBuffer::with_limit`]).
+    #[error("frame of {0} bytes exceeds the limit")]
     TooLarge(usize),
     #[error("stream ended inside a frame ({buffered} bytes buffered)")]
     Truncated { buffered: usize },
@@ -39,16 +41,48 @@ pub fn decode<T: DeserializeOwned>(body: &[u8]) -> Result<T, FrameError> {
 
 /// Accumulates bytes and yields complete frame bodies. The buffer is zeroed once when it
 /// grows, not on every read: reads land in `buf[end..]`.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct FrameBuffer {
     buf: Vec<u8>,
     start: usize,
     end: usize,
+    limit: usize,
+}
+
+impl Default for FrameBuffer {
+    fn default() -> Self {
+        Self::with_limit(MAX_FRAME_LEN)
+    }
 }
 
 impl FrameBuffer {
+    /// A buffer for frames of up to [`MAX_FRAME_LEN`] bytes.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// A buffer that refuses frames longer than `limit` as soon as their header is in.
+    pub fn with_limit(limit: usize) -> Self {
+        Self { buf: Vec::new(), start: 0, end: 0, limit: limit.min(MAX_FRAME_LEN) }
+    }
+
+    /// Bytes still missing to complete the next frame's header, or, once the header is in,
+    /// the frame (0 if a whole frame is buffered). A reader that never asks for more keeps
+    /// every read within one frame, so whatever rides on the read (descriptors) belongs to
+    /// that frame.
+    pub fn missing(&self) -> usize {
+        let avail = &self.buf[self.start..self.end];
+        if avail.len() < HEADER_LEN {
+            return HEADER_LEN - avail.len();
+        }
+        let len = Self::announced(avail).min(self.limit);
+        (HEADER_LEN + len).saturating_sub(avail.len())
+    }
+
+    fn announced(avail: &[u8]) -> usize {
+        let mut header = [0u8; HEADER_LEN];
+        header.copy_from_slice(&avail[..HEADER_LEN]);
+        u32::from_le_bytes(header) as usize
     }
 
     /// Space to read into (at least `at_least` bytes); call [`FrameBuffer::filled`] with the
@@ -85,10 +119,8 @@ impl FrameBuffer {
         if avail.len() < HEADER_LEN {
             return Ok(None);
         }
-        let mut header = [0u8; HEADER_LEN];
-        header.copy_from_slice(&avail[..HEADER_LEN]);
-        let len = u32::from_le_bytes(header) as usize;
-        if len > MAX_FRAME_LEN {
+        let len = Self::announced(avail);
+        if len > self.limit {
             return Err(FrameError::TooLarge(len));
         }
         if avail.len() < HEADER_LEN + len {
@@ -146,12 +178,34 @@ mod tests {
         let mut fb = FrameBuffer::new();
         feed(&mut fb, &(MAX_FRAME_LEN as u32 + 1).to_le_bytes());
         assert_eq!(fb.next_frame(), Err(FrameError::TooLarge(MAX_FRAME_LEN + 1)));
+        let mut fb = FrameBuffer::with_limit(100);
+        feed(&mut fb, &101u32.to_le_bytes());
+        assert_eq!(fb.next_frame(), Err(FrameError::TooLarge(101)));
+        let mut fb = FrameBuffer::with_limit(100);
+        feed(&mut fb, &u32::MAX.to_le_bytes());
+        assert!(fb.next_frame().is_err(), "4 GiB announced");
 
         let mut fb = FrameBuffer::new();
         let frame = encode(&Request::List);
         feed(&mut fb, &frame[..frame.len() - 1]);
         assert_eq!(fb.next_frame(), Ok(None));
         assert!(matches!(fb.finish(), Err(FrameError::Truncated { .. })));
+    }
+
+    #[test]
+    fn missing_counts_up_to_the_end_of_the_next_frame_only() {
+        let mut fb = FrameBuffer::new();
+        assert_eq!(fb.missing(), HEADER_LEN);
+        let frame = encode(&Request::Stat { name: "abc".into() });
+        let body_len = frame.len() - HEADER_LEN;
+        feed(&mut fb, &frame[..2]);
+        assert_eq!(fb.missing(), 2);
+        feed(&mut fb, &frame[2..5]);
+        assert_eq!(fb.missing(), body_len - 1);
+        feed(&mut fb, &frame[5..]);
+        assert_eq!(fb.missing(), 0);
+        assert!(fb.next_frame().unwrap().is_some());
+        assert_eq!((fb.missing(), fb.buffered()), (HEADER_LEN, 0));
     }
 
     #[test]
