@@ -81,6 +81,9 @@ impl Connection {
                 } else {
                     None
                 };
+                // One response is awaited at a time: a descriptor it did not take belongs to
+                // nothing.
+                self.fds.clear();
                 return Ok((resp, fd));
             }
             let spare = self.frames.spare(64 * 1024);
@@ -219,7 +222,7 @@ impl StoreClient {
         // handing the filled memfd over costs a single round trip.
         let fd = sys::create_memfd(data.len() as u64)?;
         File::from(fd.try_clone()?).write_all(data)?;
-        let req = Request::PutMemfd { name: name.to_owned(), evictable: opts.evictable };
+        let req = Request::PutMemfd { name: name.to_owned(), size: data.len() as u64, evictable: opts.evictable };
         match self.shared.call(&req, Some(&fd))? {
             (Response::Sealed(info), _) => Ok(info),
             (other, _) => Err(unexpected(other)),

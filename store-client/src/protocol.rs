@@ -5,6 +5,13 @@
 //! request or response that carries one says so in its doc. Requests are answered in
 //! order, one response each, except [`Request::Release`], which is never answered so that
 //! dropping a mapping costs no round trip.
+//!
+//! Descriptors belong to the frame whose bytes they were sent with (send them with the
+//! frame's first byte). A request that comes with another number of descriptors than
+//! [`Request::descriptors`] is refused with [`ErrorCode::BadDescriptor`] and every
+//! descriptor that came with it is closed at once; so is every descriptor of a frame that
+//! does not decode. The daemon takes requests of at most [`MAX_REQUEST_LEN`] bytes, each
+//! within its frame timeout once its first byte arrived.
 
 use serde::{Deserialize, Serialize};
 
@@ -13,7 +20,11 @@ use crate::manifest::Digest;
 
 /// Version spoken by this crate; the daemon answers a mismatching [`Request::Hello`] with
 /// [`ErrorCode::BadRequest`].
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
+
+/// Largest request frame body the daemon reads; a header announcing more is refused at once.
+/// (Names are at most [`crate::name::MAX_NAME_LEN`]; the largest requests list names.)
+pub const MAX_REQUEST_LEN: usize = 1024 * 1024;
 
 /// Object ids are unique for the daemon's lifetime; names can be rebound after a delete.
 pub type ObjectId = u64;
@@ -26,15 +37,18 @@ pub enum Request {
     /// writable memfd. The object stays invisible until sealed and is dropped if this
     /// connection closes first.
     Create { name: String, size: u64, evictable: bool },
-    /// Seals an object created on this connection; answered with [`Response::Sealed`].
+    /// Seals an object created on this connection; answered with [`Response::Sealed`]. The
+    /// memfd `Create` handed out is sealed against shrinking and growing from the start.
     Seal { id: ObjectId },
     /// Drops an unsealed object created on this connection; answered with
     /// [`Response::Done`].
     Abort { id: ObjectId },
-    /// Carries a memfd the client filled itself (created with `MFD_ALLOW_SEALING`, no
-    /// writable mapping left); the daemon seals and adopts it. Answered with
-    /// [`Response::Sealed`].
-    PutMemfd { name: String, evictable: bool },
+    /// Carries a memfd of `size` bytes the client filled itself (created with
+    /// `MFD_ALLOW_SEALING`, open for writing, no writable mapping left); the daemon seals it
+    /// (one the client sealed completely itself is taken as it is), checks that it is still
+    /// `size` bytes, and adopts it. Answered with [`Response::Sealed`]; another size gets
+    /// [`ErrorCode::SizeMismatch`], anything but a sealable memfd [`ErrorCode::BadDescriptor`].
+    PutMemfd { name: String, size: u64, evictable: bool },
     /// Carries a readable file descriptor; the daemon copies it into a new object in the
     /// kernel. Answered with [`Response::Sealed`].
     PutFile { name: String, evictable: bool },
@@ -72,6 +86,16 @@ pub enum Request {
     /// chosen nodes are also asked to start pulling what they miss. Answered with
     /// [`Response::Placed`].
     Place { spec: crate::placement::PlaceSpec, prefetch: bool },
+}
+
+impl Request {
+    /// How many descriptors this request carries: exactly these, no more and no fewer.
+    pub fn descriptors(&self) -> usize {
+        match self {
+            Request::PutMemfd { .. } | Request::PutFile { .. } => 1,
+            _ => 0,
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -202,7 +226,8 @@ pub enum ErrorCode {
     TooLarge,
     /// Seal refused: a writable shared mapping of the object still exists.
     WritableMapping,
-    /// The passed descriptor is missing or of the wrong kind.
+    /// The passed descriptor is missing or of the wrong kind, or the request came with
+    /// more descriptors than it takes (all of them were closed).
     BadDescriptor,
     AlreadySealed,
     PermissionDenied,
@@ -217,4 +242,10 @@ pub enum ErrorCode {
     /// The S3 origin failed: unreachable, throttling beyond the retries, or the object
     /// changed during the download.
     OriginFailed,
+    /// The object's size is not the size declared for it (a client memfd resized), or the
+    /// file being copied changed during the copy.
+    SizeMismatch,
+    /// A limit on local clients was reached: connections served at once, or unsealed
+    /// objects one connection may hold.
+    LimitExceeded,
 }

@@ -27,6 +27,8 @@ pub struct DaemonConfig {
     /// S3 client settings (`--s3-*` flags); `None` reads the `STORE_S3_*` environment on
     /// first use.
     pub s3: Option<store_client::s3::S3Config>,
+    /// Limits on local clients (connections, unsealed objects, frame timeout).
+    pub clients: crate::server::ClientLimits,
 }
 
 impl DaemonConfig {
@@ -48,6 +50,7 @@ impl DaemonConfig {
             metrics_addr: None,
             shutdown_grace: std::time::Duration::from_secs(30),
             s3: None,
+            clients: crate::server::ClientLimits::default(),
         }
     }
 

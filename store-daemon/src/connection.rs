@@ -1,5 +1,15 @@
 //! One client connection: reads frames (and the descriptors riding on them), answers each
 //! request in order, and gives back the client's leases and unsealed objects when it goes.
+//!
+//! A hostile client must not hurt the others, so the connection reads one frame at a time
+//! and never past its end: the descriptors that arrive while a frame's bytes are read are
+//! that frame's, and a request with any other number than it takes ([`Request::descriptors`])
+//! is refused with every descriptor closed. More than one descriptor for a frame, or a
+//! truncated batch (`MSG_CTRUNC`), closes them at once, so nothing piles up while a frame
+//! trickles in. Frames are capped at [`MAX_REQUEST_LEN`] (refused on their header, before any
+//! allocation), a frame must arrive whole within the frame timeout of its first byte and a
+//! response must be taken within it too, and a connection holds at most
+//! [`ClientLimits::max_unsealed`](crate::server::ClientLimits) unsealed objects.
 
 use std::collections::{HashMap, HashSet};
 use std::io;
@@ -9,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use store_client::frame::{self, FrameBuffer, FrameError};
 use store_client::name;
-use store_client::protocol::{ErrorCode, ObjectId, PROTOCOL_VERSION, Request, Response, S3Pull};
+use store_client::protocol::{ErrorCode, MAX_REQUEST_LEN, ObjectId, PROTOCOL_VERSION, Request, Response, S3Pull};
 use store_client::sys;
 use tokio::io::Interest;
 use tokio::net::UnixStream;
@@ -29,6 +39,9 @@ const INLINE_HASH_LIMIT: u64 = 256 * 1024;
 
 /// Longest transfer a `get` with a zero timeout starts for an object held elsewhere.
 const PULL_FOR_GET_LIMIT: Duration = Duration::from_secs(600);
+
+/// Most descriptors any request takes ([`Request::descriptors`]).
+const MAX_FDS_PER_REQUEST: usize = 1;
 
 /// A request's failure, as it goes on the wire.
 #[derive(Debug)]
@@ -81,18 +94,53 @@ struct Connection {
     stream: UnixStream,
     id: ConnId,
     frames: FrameBuffer,
-    fds: Vec<OwnedFd>,
+    /// The descriptors of the frame being read.
+    fds: FrameFds,
+    /// When the first byte of the frame being read arrived.
+    frame_started: Option<tokio::time::Instant>,
     holdings: Holdings,
     shutdown: CancellationToken,
 }
 
-/// Tells a client that is not on the allow-list why it is being dropped.
-pub async fn refuse(stream: UnixStream, uid: u32, gid: u32) {
-    let resp = Response::Error {
-        code: ErrorCode::PermissionDenied,
-        message: format!("uid {uid} (gid {gid}) is not allowed to use this store"),
-    };
-    let _ = write_frame(&stream, &frame::encode(&resp), None).await;
+/// The descriptors that came with one frame.
+#[derive(Debug, Default)]
+struct FrameFds {
+    fds: Vec<OwnedFd>,
+    /// How many came in all, kept or closed.
+    came: usize,
+    /// More came than any request takes, or the kernel truncated them: all are closed.
+    closed: bool,
+}
+
+impl FrameFds {
+    fn add(&mut self, mut fds: Vec<OwnedFd>, truncated: bool) {
+        self.came += fds.len();
+        if truncated || self.came > MAX_FDS_PER_REQUEST {
+            // Closed at once: a frame trickled in with descriptors holds at most one.
+            self.fds.clear();
+            self.closed = true;
+        } else {
+            self.fds.append(&mut fds);
+        }
+    }
+
+    /// The descriptor `req` takes, or why the request is refused.
+    fn for_request(mut self, req: &Request) -> Result<Option<OwnedFd>, String> {
+        let takes = req.descriptors();
+        let came = if self.closed { format!("{} or more", self.came) } else { self.came.to_string() };
+        if self.closed || self.fds.len() != takes {
+            let takes = if takes == 0 { "no descriptor".to_owned() } else { format!("exactly {takes} descriptor") };
+            return Err(format!("the request takes {takes} and came with {came}; every one was closed"));
+        }
+        Ok(self.fds.pop())
+    }
+}
+
+/// Tells a client why it is being dropped before it is served (not on the allow-list, too
+/// many clients).
+pub async fn refuse(stream: UnixStream, code: ErrorCode, message: String, limit: Duration) {
+    let resp = Response::Error { code, message };
+    let _ = tokio::time::timeout(limit, write_frame(&stream, &frame::encode(&resp), None)).await;
 }
 
 pub async fn serve(shared: Arc<Shared>, stream: UnixStream, id: ConnId, shutdown: CancellationToken) {
@@ -100,8 +148,9 @@ pub async fn serve(shared: Arc<Shared>, stream: UnixStream, id: ConnId, shutdown
         shared,
         stream,
         id,
-        frames: FrameBuffer::new(),
-        fds: Vec::new(),
+        frames: FrameBuffer::with_limit(MAX_REQUEST_LEN),
+        fds: FrameFds::default(),
+        frame_started: None,
         holdings: Holdings::default(),
         shutdown,
     };
@@ -128,30 +177,59 @@ async fn write_frame(stream: &UnixStream, mut bytes: &[u8], fd: Option<&OwnedFd>
     Ok(())
 }
 
+/// What a connection waits for between frames.
+enum Wake {
+    Read(io::Result<usize>),
+    Shutdown,
+    FrameTimeout,
+}
+
 impl Connection {
+    fn frame_timeout(&self) -> Duration {
+        self.shared.config.clients.frame_timeout
+    }
+
     async fn run(&mut self) -> io::Result<()> {
         loop {
-            while let Some(body) = match self.frames.next_frame() {
+            let next = match self.frames.next_frame() {
                 Ok(body) => body.map(frame::decode::<Request>),
                 Err(e) => {
                     // An oversized frame leaves no way to find the next one.
-                    self.send_error(ErrorCode::BadRequest, e.to_string()).await?;
+                    let message = format!("{e} of {MAX_REQUEST_LEN} bytes for a request");
+                    self.send_error(ErrorCode::BadRequest, message).await?;
                     return Ok(());
                 }
-            } {
-                match body {
-                    Ok(req) => self.handle(req).await?,
+            };
+            if let Some(decoded) = next {
+                self.frame_started = None;
+                let fds = std::mem::take(&mut self.fds);
+                match decoded {
+                    Ok(req) => self.handle(req, fds).await?,
+                    // The frame's descriptors are closed with it.
                     Err(e) => self.send_error(ErrorCode::BadRequest, e.to_string()).await?,
                 }
+                continue;
             }
-            if self.frames.buffered() == 0 {
-                // Descriptors sent with requests that take none.
-                self.fds.clear();
-            }
+            let deadline = self.frame_started.map(|t| t + self.frame_timeout());
             let shutdown = self.shutdown.clone();
-            let n = tokio::select! {
-                _ = shutdown.cancelled() => return Ok(()),
-                n = self.read() => n?,
+            let wake = tokio::select! {
+                _ = shutdown.cancelled() => Wake::Shutdown,
+                _ = sleep_until(deadline) => Wake::FrameTimeout,
+                n = self.read() => Wake::Read(n),
+            };
+            let n = match wake {
+                Wake::Read(n) => n?,
+                Wake::Shutdown => return Ok(()),
+                Wake::FrameTimeout => {
+                    let message = format!(
+                        "a request frame did not arrive whole within {} ms of its first byte ({} bytes came)",
+                        self.frame_timeout().as_millis(),
+                        self.frames.buffered()
+                    );
+                    warn!(conn_id = self.id, %message, "cutting a stalled client");
+                    let _ = self.send_error(ErrorCode::Timeout, message).await;
+                    return Ok(());
+                }
             };
             if n == 0 {
                 if let Err(e @ FrameError::Truncated { .. }) = self.frames.finish() {
@@ -163,16 +241,25 @@ impl Connection {
         }
     }
 
+    /// Reads at most the rest of the frame being read (see the module docs).
     async fn read(&mut self) -> io::Result<usize> {
+        let want = self.frames.missing();
         loop {
             self.stream.readable().await?;
-            let spare = self.frames.spare(64 * 1024);
+            let starts_frame = self.frames.buffered() == 0;
+            let spare = &mut self.frames.spare(want)[..want];
             let stream = &self.stream;
-            let fds = &mut self.fds;
-            match stream.try_io(Interest::READABLE, || sys::recv_with_fds(stream.as_fd(), spare, fds)) {
-                Ok(n) => {
-                    self.frames.filled(n);
-                    return Ok(n);
+            let mut fds = Vec::new();
+            match stream.try_io(Interest::READABLE, || sys::recv_with_fds_checked(stream.as_fd(), spare, &mut fds)) {
+                Ok(got) => {
+                    self.frames.filled(got.bytes);
+                    if starts_frame && got.bytes > 0 {
+                        self.frame_started = Some(tokio::time::Instant::now());
+                    }
+                    if !fds.is_empty() || got.truncated {
+                        self.fds.add(fds, got.truncated);
+                    }
+                    return Ok(got.bytes);
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
                 Err(e) => return Err(e),
@@ -180,12 +267,33 @@ impl Connection {
         }
     }
 
-    async fn send_error(&self, code: ErrorCode, message: String) -> io::Result<()> {
-        debug!(conn_id = self.id, ?code, %message, "request failed");
-        write_frame(&self.stream, &frame::encode(&Response::Error { code, message }), None).await
+    /// Writes one response; a client that does not take it within the frame timeout is cut.
+    async fn respond(&self, resp: &Response, fd: Option<&OwnedFd>) -> io::Result<()> {
+        let limit = self.frame_timeout();
+        match tokio::time::timeout(limit, write_frame(&self.stream, &frame::encode(resp), fd)).await {
+            Ok(written) => written,
+            Err(_) => Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("the client did not take a response within {} ms", limit.as_millis()),
+            )),
+        }
     }
 
-    async fn handle(&mut self, req: Request) -> io::Result<()> {
+    async fn send_error(&self, code: ErrorCode, message: String) -> io::Result<()> {
+        debug!(conn_id = self.id, ?code, %message, "request failed");
+        self.respond(&Response::Error { code, message }, None).await
+    }
+
+    async fn handle(&mut self, req: Request, fds: FrameFds) -> io::Result<()> {
+        let fd = match fds.for_request(&req) {
+            Ok(fd) => fd,
+            // Never answered, so refused without a word.
+            Err(message) if matches!(req, Request::Release { .. }) => {
+                warn!(conn_id = self.id, %message, "release refused");
+                return Ok(());
+            }
+            Err(message) => return self.send_error(ErrorCode::BadDescriptor, message).await,
+        };
         if let Request::Release { id } = req {
             self.release(id);
             return Ok(());
@@ -194,21 +302,15 @@ impl Connection {
             // Draining: requests already being answered finish, later ones are refused.
             return self.send_error(ErrorCode::ShuttingDown, "the daemon is shutting down".into()).await;
         }
-        let reply = self.answer(req).await;
+        let reply = self.answer(req, fd).await;
         match reply {
-            Ok((resp, fd)) => write_frame(&self.stream, &frame::encode(&resp), fd.as_deref()).await,
+            Ok((resp, fd)) => self.respond(&resp, fd.as_deref()).await,
             Err(f) => self.send_error(f.code, f.message).await,
         }
     }
 
-    fn take_fd(&mut self) -> Result<OwnedFd, Failure> {
-        if self.fds.is_empty() {
-            return Err(Failure::new(ErrorCode::BadDescriptor, "request needs a file descriptor and none came"));
-        }
-        Ok(self.fds.remove(0))
-    }
-
-    async fn answer(&mut self, req: Request) -> Reply {
+    async fn answer(&mut self, req: Request, fd: Option<OwnedFd>) -> Reply {
+        let take_fd = || fd.ok_or_else(|| Failure::new(ErrorCode::BadDescriptor, "the request needs a descriptor"));
         match req {
             Request::Hello { version } if version == PROTOCOL_VERSION => {
                 Ok((Response::Hello { version, daemon: format!("store-daemon {}", env!("CARGO_PKG_VERSION")) }, None))
@@ -236,15 +338,15 @@ impl Connection {
                 self.holdings.pending.remove(&id);
                 Ok((Response::Done, None))
             }
-            Request::PutMemfd { name, evictable } => {
-                let fd = self.take_fd()?;
+            Request::PutMemfd { name, size, evictable } => {
+                let fd = take_fd()?;
                 let started = Instant::now();
-                let put = self.put_memfd(name, evictable, fd, started).await;
+                let put = self.put_memfd(name, size, evictable, fd, started).await;
                 self.count_failed_put(&put);
                 put
             }
             Request::PutFile { name, evictable } => {
-                let fd = self.take_fd()?;
+                let fd = take_fd()?;
                 let started = Instant::now();
                 let put = self.put_file(name, evictable, fd, started).await;
                 self.count_failed_put(&put);
@@ -325,7 +427,7 @@ impl Connection {
         let fetched = self.shared.s3().fetch(url, self.shared.config.chunk_size, part_size, concurrency, room).await;
         let fetched = fetched.map_err(|e| Failure::new(e.code(), e.to_string()))??;
         let s3_ingest::Fetched { fd, manifest, mapping, origin, stats } = fetched;
-        let (info, _) = self.adopt(name, evictable, fd, manifest, mapping, start, Source::S3)?;
+        let (info, _) = self.adopt(name, evictable, fd, manifest, mapping, start, Source::S3, None)?;
         let Response::Sealed(info) = info else {
             return Err(Failure::new(ErrorCode::Internal, "adopt answered without an object"));
         };
@@ -348,8 +450,17 @@ impl Connection {
 
     fn create(&mut self, name: &str, size: u64, evictable: bool) -> Reply {
         check_name(name)?;
+        let limit = self.shared.config.clients.max_unsealed;
+        if self.holdings.pending.len() >= limit {
+            return Err(Failure::new(
+                ErrorCode::LimitExceeded,
+                format!("this connection holds {limit} unsealed objects, the limit: seal or abort one first"),
+            ));
+        }
         self.shared.store().check_room(size)?;
-        let segment = sys::create_memfd(size)?;
+        // Sized for good: the client can write it but not shrink or grow it, so the size
+        // accounted is the size consumers map.
+        let segment = sys::create_sized_memfd(size)?;
         let client_fd = segment.try_clone()?;
         let (id, evicted) = self.shared.store().reserve(name, size, evictable, segment, self.id)?;
         log_evictions(&evicted);
@@ -361,10 +472,10 @@ impl Connection {
         let (segment, size) = self.shared.store().begin_seal(id, self.id)?;
         let (chunk_size, threads) = (self.shared.config.chunk_size, self.shared.config.hash_threads);
         let hashed = if size <= INLINE_HASH_LIMIT {
-            ingest::seal_and_hash(segment.as_fd(), chunk_size, 1)
+            ingest::seal_and_hash(segment.as_fd(), size, chunk_size, 1)
         } else {
             let segment = segment.clone();
-            blocking(move || ingest::seal_and_hash(segment.as_fd(), chunk_size, threads)).await?
+            blocking(move || ingest::seal_and_hash(segment.as_fd(), size, chunk_size, threads)).await?
         };
         let (manifest, mapping) = match hashed {
             Ok(done) => done,
@@ -385,32 +496,36 @@ impl Connection {
         }
     }
 
-    async fn put_memfd(&mut self, name: String, evictable: bool, fd: OwnedFd, started: Instant) -> Reply {
+    /// Adopts a memfd the client filled: `size` is what the client declared, and the memfd
+    /// must still be that large once sealed ([`ingest::seal_and_hash`]).
+    async fn put_memfd(&mut self, name: String, size: u64, evictable: bool, fd: OwnedFd, started: Instant) -> Reply {
         check_name(&name)?;
-        let size = sys::file_size(fd.as_fd())?;
         self.shared.store().check_room(size)?;
         let (chunk_size, threads) = (self.shared.config.chunk_size, self.shared.config.hash_threads);
         let (fd, (manifest, mapping)) = if size <= INLINE_HASH_LIMIT {
-            let done = ingest::seal_and_hash(fd.as_fd(), chunk_size, 1)?;
+            let done = ingest::seal_and_hash(fd.as_fd(), size, chunk_size, 1)?;
             (fd, done)
         } else {
-            blocking(move || ingest::seal_and_hash(fd.as_fd(), chunk_size, threads).map(|done| (fd, done))).await??
+            let hash = move || ingest::seal_and_hash(fd.as_fd(), size, chunk_size, threads).map(|done| (fd, done));
+            blocking(hash).await??
         };
-        self.adopt(&name, evictable, fd, manifest, mapping, started, Source::Local)
+        self.adopt(&name, evictable, fd, manifest, mapping, started, Source::Local, None)
     }
 
+    /// Copies a regular file in. Its room is taken before the copy allocates anything, so
+    /// copies under way never take the daemon past its capacity.
     async fn put_file(&mut self, name: String, evictable: bool, src: OwnedFd, started: Instant) -> Reply {
         check_name(&name)?;
-        let size = ingest::regular_file_size(src.as_fd())?;
-        self.shared.store().check_room(size)?;
+        let source = ingest::SourceFile::of(src.as_fd())?;
+        let room = HeldRoom::take(&self.shared, source.size)?;
         let chunk_size = self.shared.config.chunk_size;
         let (dst, (manifest, mapping)) = blocking(move || -> Result<_, IngestError> {
-            let dst = sys::create_memfd(size)?;
-            let done = ingest::copy_hash_and_seal(src.as_fd(), dst.as_fd(), size, chunk_size)?;
+            let dst = sys::create_sized_memfd(source.size)?;
+            let done = ingest::copy_hash_and_seal(src.as_fd(), &source, dst.as_fd(), chunk_size)?;
             Ok((dst, done))
         })
         .await??;
-        self.adopt(&name, evictable, dst, manifest, mapping, started, Source::Local)
+        self.adopt(&name, evictable, dst, manifest, mapping, started, Source::Local, Some(room))
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -423,8 +538,15 @@ impl Connection {
         mapping: sys::ReadOnlyMapping,
         started: Instant,
         source: Source,
+        room: Option<HeldRoom>,
     ) -> Reply {
-        let (adopted, evicted) = self.shared.store().adopt(name, evictable, fd, manifest, mapping)?;
+        let (adopted, evicted) = {
+            // The room held for the object becomes its own under one lock: nobody takes it
+            // in between.
+            let mut store = self.shared.store();
+            store.return_room(room.map_or(0, HeldRoom::into_size));
+            store.adopt(name, evictable, fd, manifest, mapping)?
+        };
         log_evictions(&evicted);
         match adopted {
             Adopted::New(info) => {
@@ -534,6 +656,38 @@ impl Connection {
     }
 }
 
+/// Room taken in the store for an object still being filled ([`Store::reserve_room`]); given
+/// back when dropped (the fill failed or was abandoned), or handed to [`Connection::adopt`].
+///
+/// [`Store::reserve_room`]: crate::store::Store::reserve_room
+#[derive(Debug)]
+struct HeldRoom {
+    shared: Arc<Shared>,
+    size: u64,
+}
+
+impl HeldRoom {
+    fn take(shared: &Arc<Shared>, size: u64) -> Result<Self, Failure> {
+        let evicted = shared.store().reserve_room(size)?;
+        log_evictions(&evicted);
+        Ok(Self { shared: shared.clone(), size })
+    }
+
+    /// The room's size, no longer given back on drop: the caller gives it back under the
+    /// store's lock.
+    fn into_size(mut self) -> u64 {
+        std::mem::take(&mut self.size)
+    }
+}
+
+impl Drop for HeldRoom {
+    fn drop(&mut self) {
+        if self.size > 0 {
+            self.shared.store().return_room(self.size);
+        }
+    }
+}
+
 fn check_name(name: &str) -> Result<(), Failure> {
     name::validate(name).map_err(|e| Failure::new(ErrorCode::InvalidName, e.to_string()))
 }
@@ -541,6 +695,14 @@ fn check_name(name: &str) -> Result<(), Failure> {
 fn log_evictions(evicted: &[String]) {
     for name in evicted {
         debug!(%name, "evicted to make room");
+    }
+}
+
+/// Sleeps until `deadline`, or for ever without one.
+async fn sleep_until(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
     }
 }
 

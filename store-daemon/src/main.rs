@@ -74,6 +74,16 @@ struct Args {
     /// TCP address for Prometheus `/metrics`, e.g. 127.0.0.1:9701 [default: no metrics endpoint].
     #[arg(long, env = "STORE_METRICS_ADDR")]
     metrics_addr: Option<std::net::SocketAddr>,
+    /// Local client connections served at once; one more gets a LimitExceeded error.
+    #[arg(long, env = "STORE_MAX_CLIENTS", default_value_t = 4096)]
+    max_clients: usize,
+    /// Unsealed objects (created, not yet sealed) one client connection may hold.
+    #[arg(long, env = "STORE_MAX_UNSEALED_PER_CLIENT", default_value_t = 64)]
+    max_unsealed_per_client: usize,
+    /// Milliseconds a client may take to send one request once its first byte arrived (and
+    /// to take one response) before its connection is cut.
+    #[arg(long, env = "STORE_FRAME_TIMEOUT_MS", default_value_t = 30_000)]
+    frame_timeout_ms: u64,
     /// Seconds that requests and transfers under way get to finish after SIGTERM.
     #[arg(long, env = "STORE_SHUTDOWN_GRACE_SECS", default_value_t = 30)]
     shutdown_grace_secs: u64,
@@ -211,6 +221,11 @@ fn main() -> anyhow::Result<()> {
     config.cluster = cluster_config(&args)?;
     config.metrics_addr = args.metrics_addr;
     config.shutdown_grace = std::time::Duration::from_secs(args.shutdown_grace_secs);
+    config.clients = store_daemon::server::ClientLimits {
+        max_clients: args.max_clients.max(1),
+        max_unsealed: args.max_unsealed_per_client,
+        frame_timeout: std::time::Duration::from_millis(args.frame_timeout_ms.max(1)),
+    };
     config.s3 = Some(s3_config(&args).context("bad --s3-* setting")?);
 
     let fd_limit = store_daemon::server::raise_fd_limit();

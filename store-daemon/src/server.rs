@@ -5,11 +5,13 @@ use std::io;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
 
 use store_client::metrics::server::{MetricsServer, Render};
+use store_client::protocol::ErrorCode;
 use thiserror::Error;
 use tokio::net::{UnixListener, UnixStream};
-use tokio::sync::watch;
+use tokio::sync::{Semaphore, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
@@ -40,11 +42,34 @@ pub enum ServerError {
     },
 }
 
+/// Limits on local clients, so that no client (or crowd of them) can exhaust the daemon for
+/// the others. Capacity is the other limit: unsealed objects count against it like sealed
+/// ones.
+#[derive(Clone, Debug)]
+pub struct ClientLimits {
+    /// Connections served at once; one more is told [`ErrorCode::LimitExceeded`] and closed.
+    pub max_clients: usize,
+    /// Unsealed objects (created, neither sealed nor aborted) one connection may hold.
+    pub max_unsealed: usize,
+    /// How long a request frame may take to arrive once its first byte did, and a response
+    /// to be taken by the client; a connection that exceeds it is cut. Idle connections
+    /// (between frames) are never cut.
+    pub frame_timeout: Duration,
+}
+
+impl Default for ClientLimits {
+    fn default() -> Self {
+        Self { max_clients: 4096, max_unsealed: 64, frame_timeout: Duration::from_secs(30) }
+    }
+}
+
 /// State shared by every connection.
 #[derive(Debug)]
 pub struct Shared {
     pub config: DaemonConfig,
     store: Mutex<Store>,
+    /// One permit per connection served ([`ClientLimits::max_clients`]).
+    client_slots: Arc<Semaphore>,
     /// Bumped on every seal, so waiters for a name re-check.
     sealed: watch::Sender<u64>,
     next_conn: std::sync::atomic::AtomicU64,
@@ -58,9 +83,11 @@ impl Shared {
         let store = Store::new(config.capacity, config.chunk_size);
         let metrics = Arc::new(DaemonMetrics::new());
         let s3 = crate::s3_ingest::S3Ingest::new(config.s3.clone(), metrics.clone());
+        let client_slots = Arc::new(Semaphore::new(config.clients.max_clients.min(Semaphore::MAX_PERMITS)));
         Self {
             config,
             store: Mutex::new(store),
+            client_slots,
             sealed: watch::channel(0).0,
             next_conn: 0.into(),
             cluster: std::sync::OnceLock::new(),
@@ -254,11 +281,20 @@ async fn accept_one(shared: Arc<Shared>, stream: UnixStream, shutdown: Cancellat
         }
     };
     let conn_id = shared.next_conn.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+    let timeout = shared.config.clients.frame_timeout;
     if !shared.config.allows(cred.uid(), cred.gid()) {
         warn!(uid = cred.uid(), gid = cred.gid(), pid = ?cred.pid(), "refusing client not on the allow-list");
-        connection::refuse(stream, cred.uid(), cred.gid()).await;
+        let message = format!("uid {} (gid {}) is not allowed to use this store", cred.uid(), cred.gid());
+        connection::refuse(stream, ErrorCode::PermissionDenied, message, timeout).await;
         return;
     }
+    let Ok(_slot) = shared.client_slots.clone().try_acquire_owned() else {
+        let max = shared.config.clients.max_clients;
+        warn!(uid = cred.uid(), pid = ?cred.pid(), max, "refusing a client: too many connections");
+        let message = format!("the daemon serves at most {max} clients at once; try again once one has closed");
+        connection::refuse(stream, ErrorCode::LimitExceeded, message, timeout).await;
+        return;
+    };
     debug!(conn_id, uid = cred.uid(), pid = ?cred.pid(), "client connected");
     let _connected = shared.metrics.client_connection();
     connection::serve(shared.clone(), stream, conn_id, shutdown).await;

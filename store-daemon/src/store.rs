@@ -43,6 +43,8 @@ pub enum StoreError {
     TooLarge { size: u64, capacity: u64 },
     #[error("{0:?} is being created; delete it after it is sealed or aborted")]
     DeletePending(String),
+    #[error("object {id} was reserved with {reserved} bytes but sealed with {sealed}")]
+    SizeMismatch { id: ObjectId, reserved: u64, sealed: u64 },
 }
 
 impl StoreError {
@@ -55,6 +57,7 @@ impl StoreError {
             StoreError::AlreadySealed(_) => ErrorCode::AlreadySealed,
             StoreError::StoreFull { .. } => ErrorCode::StoreFull,
             StoreError::TooLarge { .. } => ErrorCode::TooLarge,
+            StoreError::SizeMismatch { .. } => ErrorCode::SizeMismatch,
         }
     }
 }
@@ -301,7 +304,8 @@ impl Store {
         }
     }
 
-    /// Completes a seal started with [`Store::begin_seal`].
+    /// Completes a seal started with [`Store::begin_seal`]. The object keeps the size it was
+    /// reserved (and accounted) with: a manifest of another size is refused.
     pub fn finish_seal(
         &mut self,
         id: ObjectId,
@@ -309,6 +313,11 @@ impl Store {
         mapping: ReadOnlyMapping,
     ) -> Result<ObjectInfo, StoreError> {
         let obj = self.objects.get_mut(&id).ok_or(StoreError::UnknownPending(id))?;
+        if manifest.size != obj.size {
+            let (reserved, sealed) = (obj.size, manifest.size);
+            self.seal_failed(id);
+            return Err(StoreError::SizeMismatch { id, reserved, sealed });
+        }
         obj.phase = Phase::Sealed { manifest: Arc::new(manifest), mapping: Arc::new(mapping) };
         self.touch(id);
         self.info(id).ok_or(StoreError::UnknownPending(id))
@@ -324,6 +333,21 @@ impl Store {
             Some(Phase::Sealed { .. }) => Err(StoreError::AlreadySealed(id)),
             _ => Err(StoreError::UnknownPending(id)),
         }
+    }
+
+    /// Takes `size` bytes of room for an object that is being filled and not bound to a name
+    /// yet (a copy under way), evicting as a put would, so that fills under way together
+    /// never exceed the capacity. Give it back with [`Store::return_room`], also right
+    /// before [`Store::adopt`]ing the object under the same lock.
+    pub fn reserve_room(&mut self, size: u64) -> Result<Vec<String>, StoreError> {
+        let evicted = self.make_room(size)?;
+        self.used += size;
+        Ok(evicted)
+    }
+
+    /// Gives back room taken with [`Store::reserve_room`].
+    pub fn return_room(&mut self, size: u64) {
+        self.used -= size;
     }
 
     /// Binds `name` to an object that is already sealed and hashed.
@@ -675,6 +699,35 @@ mod tests {
         let (id2, _) = s.reserve("q", 10, false, fd(), 7).unwrap();
         s.abort(id2, 7).unwrap();
         assert_eq!(s.used(), 10);
+    }
+
+    #[test]
+    fn reserved_room_counts_until_returned() {
+        let mut s = Store::new(1000, 1024);
+        put(&mut s, "cache", 300, true).unwrap();
+        assert_eq!(s.reserve_room(600).unwrap(), Vec::<String>::new());
+        assert_eq!(s.used(), 900);
+        assert!(matches!(s.reserve_room(200), Ok(evicted) if evicted == ["cache"]));
+        assert!(matches!(s.reserve_room(300), Err(StoreError::StoreFull { .. })));
+        assert!(matches!(s.adopt_t("x", false, fd(), manifest(300, 1)), Err(StoreError::StoreFull { .. })));
+        s.return_room(600);
+        put(&mut s, "x", 600, false).unwrap();
+        s.return_room(200);
+        assert_eq!(s.used(), 600);
+    }
+
+    #[test]
+    fn a_seal_of_another_size_than_reserved_is_refused() {
+        let mut s = Store::new(1000, 1024);
+        let (id, _) = s.reserve("p", 100, false, fd(), 7).unwrap();
+        s.begin_seal(id, 7).unwrap();
+        let err = s.finish_seal(id, manifest(0, 1), ReadOnlyMapping::empty()).unwrap_err();
+        assert_eq!(err, StoreError::SizeMismatch { id, reserved: 100, sealed: 0 });
+        assert_eq!(err.code(), ErrorCode::SizeMismatch);
+        assert_eq!(s.stat("p").unwrap().state, ObjectState::Pending);
+        assert_eq!(s.used(), 100);
+        s.begin_seal(id, 7).unwrap();
+        s.finish_seal(id, manifest(100, 1), ReadOnlyMapping::empty()).unwrap();
     }
 
     /// Random operations against a simple reference model of bytes in use.
