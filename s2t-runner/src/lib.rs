@@ -60,6 +60,8 @@ pub struct RunOptions {
     pub max_length: Option<usize>,
     /// How long to wait for store objects that are not sealed yet.
     pub store_timeout: Duration,
+    /// Hash the weight bytes held (after inference, untimed) into [`Report::weights_blake3`].
+    pub weights_digest: bool,
 }
 
 /// The transcript and the timing report.
@@ -98,6 +100,10 @@ pub struct Report {
     /// `Private_Clean + Private_Dirty` after inference: what this runner adds on top of the
     /// shared weights.
     pub private_bytes: u64,
+    /// BLAKE3 (hex) of the weight bytes this runner held and ran on (its store mapping, file
+    /// mapping or S3 download), computed after inference when [`RunOptions::weights_digest`]
+    /// asks for it; `None` otherwise.
+    pub weights_blake3: Option<String>,
 }
 
 impl Report {
@@ -118,6 +124,9 @@ impl Report {
             self.borrowed_bytes as f64 / 1e6,
             self.tensors_converted.len()
         ));
+        if let Some(d) = &self.weights_blake3 {
+            s.push_str(&format!("weights    blake3 {d} (of the bytes held)\n"));
+        }
         s.push_str(&format!(
             "transfer   {:.3} ms ({:.0} MB/s)\nready      {:.3} ms\n",
             self.transfer_seconds * 1e3,
@@ -221,6 +230,8 @@ pub fn run(opts: &RunOptions, on_ready: impl FnOnce(&ReadyInfo)) -> Result<Repor
     let out = loaded.transcribe(&audio.samples, &decode)?;
     let inference = t.elapsed().as_secs_f64();
     let memory_after = MemoryUsage::current();
+    // After every timing and memory reading: hashing reads all of the weights.
+    let weights_blake3 = opts.weights_digest.then(|| files.weights_blake3());
     let transfer = files.transfer.as_secs_f64();
     let report = &loaded.model.load_report;
     Ok(Report {
@@ -253,6 +264,7 @@ pub fn run(opts: &RunOptions, on_ready: impl FnOnce(&ReadyInfo)) -> Result<Repor
         memory_ready,
         memory_after,
         private_bytes: memory_after.map(|m| m.private_bytes).unwrap_or(0),
+        weights_blake3,
     })
 }
 

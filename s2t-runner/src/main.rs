@@ -1,4 +1,4 @@
-//! `s2t-runner --model SRC --audio FILE [--json]` and `s2t-runner gen-random`.
+//! `s2t-runner --model SRC --audio FILE [--json] [--weights-digest]` and `s2t-runner gen-random`.
 
 use std::io::BufRead;
 use std::path::PathBuf;
@@ -30,6 +30,10 @@ struct Cli {
     /// Maximum sequence length including the start token (default: the config's max_length).
     #[arg(long)]
     max_length: Option<usize>,
+    /// Report the BLAKE3 of the weight bytes the runner held (`weights_blake3`), hashed after
+    /// inference (outside every timing; it reads all of the weights).
+    #[arg(long)]
+    weights_digest: bool,
     /// Seconds to wait for store objects that are not sealed yet.
     #[arg(long, default_value_t = 5.0)]
     store_timeout: f64,
@@ -75,6 +79,7 @@ fn main() -> anyhow::Result<()> {
         num_beams: cli.beams,
         max_length: cli.max_length,
         store_timeout: Duration::from_secs_f64(cli.store_timeout.max(0.0)),
+        weights_digest: cli.weights_digest,
     };
     let pause = cli.pause_when_ready;
     let report = s2t_runner::run(&opts, |ready| {

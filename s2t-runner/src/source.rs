@@ -191,6 +191,17 @@ impl ModelFiles {
     pub fn total_bytes(&self) -> usize {
         self.config.len() + self.weights.len() + self.vocab.len()
     }
+
+    /// BLAKE3 (hex) of the weight bytes this process holds: every byte of the store mapping,
+    /// the file mapping or the buffer downloaded from S3, hashed in 4 MiB subtrees on all
+    /// cores (the result is plain BLAKE3 of the content, what `b3sum` prints). Reads all of
+    /// the weights: not part of any timing.
+    pub fn weights_blake3(&self) -> String {
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let manifest = store_client::Manifest::compute(&self.weights, store_client::DEFAULT_CHUNK_SIZE, threads)
+            .expect("the default chunk size is a valid manifest chunk size");
+        manifest.root.to_hex()
+    }
 }
 
 #[cfg(test)]

@@ -8,7 +8,8 @@
 //!   there (time from `get` to a readable mapping, and to having touched every page).
 //! - `broadcast`: N = 1..max_n receivers each on its own host, all at once, with relaying
 //!   (the swarm, our default) and without (every receiver pulls only from complete holders,
-//!   as Ray does); digests checked, receivers emptied between rounds.
+//!   as Ray does); every copy checked by hashing its mapped bytes, receivers emptied between
+//!   rounds.
 //! - `unshaped`: an unshaped link between two hosts: replication against a bare quinn stream
 //!   (same TLS and transport settings as the daemons, [`quinn_source`] / [`quinn_sink`] run
 //!   in the hosts) and iperf3 TCP, all in the same run.
@@ -19,6 +20,10 @@
 //! Bounds: S/B is the object size over the configured link rate. tbf counts whole Ethernet
 //! frames, so no payload ever reaches S/B: a TCP stream (what iperf3 measures) carries
 //! `R * (MTU - 52) / (MTU + 14)` of payload, QUIC a little less.
+//!
+//! "digest ok" everywhere means: the BLAKE3 of the bytes a consumer maps (`get`, after the
+//! clock stopped) or holds (an S3 download's buffer) equals the BLAKE3 of the payload the
+//! bench generated, never a daemon's reported digest ([`crate::verify`]).
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Write};
@@ -36,6 +41,7 @@ use store_client::tls::{CertPaths, Identity};
 use crate::cluster::{ClusterSpec, TestCluster, node_id};
 use crate::netns::{LinkSpec, NsChild, run_checked};
 use crate::payload;
+use crate::verify;
 use crate::workspace_bin;
 
 pub mod s3;
@@ -165,7 +171,7 @@ pub struct ReceiverRow {
     pub s_over_b: f64,
     /// `seconds / s_over_b`.
     pub x_bound: f64,
-    /// Its digest equals the source's.
+    /// The BLAKE3 of its mapped bytes equals the payload's.
     pub digest_ok: bool,
     /// Bytes received from each holder.
     pub from: BTreeMap<String, u64>,
@@ -196,7 +202,8 @@ pub struct LocalRow {
     pub map_seconds: f64,
     /// From `get` to having read one byte of every page (all 4 KiB pages faulted in).
     pub touch_seconds: f64,
-    /// The daemon handed over the object put on this host (no copy, no transfer).
+    /// The BLAKE3 of its mapping equals the payload's: the daemon handed over the object put
+    /// on this host (no copy, no transfer).
     pub digest_ok: bool,
 }
 
@@ -300,10 +307,10 @@ fn shaped_spec(cfg: &BenchConfig, hosts: usize) -> ClusterSpec {
 }
 
 /// Puts the benchmark object on node-0 and waits until the scheduler lists it there;
-/// returns its digest.
+/// returns the BLAKE3 of `data`, what every copy's bytes must hash to.
 fn put_source(cluster: &TestCluster, data: &[u8]) -> anyhow::Result<String> {
-    let info = cluster.client(0)?.put(OBJECT, data).context("putting the object on node-0")?;
-    let digest = info.digest.map(|d| d.to_hex()).context("the put object has no digest")?;
+    cluster.client(0)?.put(OBJECT, data).context("putting the object on node-0")?;
+    let digest = verify::blake3_hex(data);
     let listed = cluster.wait_until(Duration::from_secs(15), || {
         cluster.client(0).and_then(|c| Ok(c.locate(OBJECT)?)).is_ok_and(|l| l.iter().any(|l| l.is_complete()))
     });
@@ -393,8 +400,7 @@ impl Round<'_> {
                     if report.already_present {
                         row.error = Some("already present: nothing was transferred".into());
                     }
-                    let stat = self.cluster.client(i)?.stat(OBJECT);
-                    row.digest_ok = stat.is_ok_and(|s| s.digest.is_some_and(|d| d.to_hex() == self.digest));
+                    row.digest_ok = verify::held_matches(&self.cluster.socket(i), OBJECT, self.digest);
                 }
             }
             rows.push(row);
@@ -576,14 +582,15 @@ fn bounds_pct(cfg: &BenchConfig, seconds: f64) -> f64 {
 }
 
 /// `k` consumers on the source's host, each with its own connection, `get` the object at
-/// the same moment.
+/// the same moment; each mapping is hashed once every consumer's clock has stopped.
 fn local_round(socket: &Path, k: usize, round: usize, digest: &str) -> anyhow::Result<Vec<LocalRow>> {
     let barrier = Arc::new(Barrier::new(k));
-    let results: Vec<anyhow::Result<LocalRow>> = std::thread::scope(|scope| {
+    type Mapped = anyhow::Result<(LocalRow, store_client::ObjectGuard)>;
+    let results: Vec<Mapped> = std::thread::scope(|scope| {
         let handles: Vec<_> = (0..k)
             .map(|consumer| {
                 let barrier = barrier.clone();
-                scope.spawn(move || -> anyhow::Result<LocalRow> {
+                scope.spawn(move || -> Mapped {
                     let client = StoreClient::connect(socket).context("connecting a local consumer")?;
                     barrier.wait();
                     let start = Instant::now();
@@ -596,14 +603,22 @@ fn local_round(socket: &Path, k: usize, round: usize, digest: &str) -> anyhow::R
                     }
                     std::hint::black_box(sum);
                     let touch_seconds = start.elapsed().as_secs_f64();
-                    let digest_ok = guard.info().digest.is_some_and(|d| d.to_hex() == digest);
-                    Ok(LocalRow { k, round, consumer: consumer + 1, map_seconds, touch_seconds, digest_ok })
+                    let row =
+                        LocalRow { k, round, consumer: consumer + 1, map_seconds, touch_seconds, digest_ok: false };
+                    Ok((row, guard))
                 })
             })
             .collect();
         handles.into_iter().map(|h| h.join().unwrap_or_else(|_| Err(anyhow::anyhow!("consumer panicked")))).collect()
     });
-    results.into_iter().collect()
+    results
+        .into_iter()
+        .map(|r| {
+            let (mut row, guard) = r?;
+            row.digest_ok = verify::mapped_blake3(&guard) == digest;
+            Ok(row)
+        })
+        .collect()
 }
 
 /// A running `cluster-bench quinn-sink` in a host.

@@ -6,6 +6,7 @@ pub mod cluster_bench;
 pub mod demo;
 pub mod netns;
 pub mod s3_server;
+pub mod verify;
 pub mod workload_bench;
 
 use std::path::{Path, PathBuf};

@@ -10,6 +10,7 @@ use store_client::client::PutOptions;
 use store_tests::cluster::{ClusterSpec, TestCluster, node_id};
 use store_tests::netns::{LinkSpec, requires_root};
 use store_tests::payload;
+use store_tests::verify::held_blake3;
 
 const MIB: usize = 1 << 20;
 
@@ -38,8 +39,11 @@ fn replicates_256_mib_to_three_hosts_and_get_pulls_it_anywhere() {
         assert_eq!(report.bytes, 256 * MIB as u64, "{}", o.node);
     }
     for i in 1..4 {
-        let stat = cluster.client(i).unwrap().stat("models/big.bin").unwrap();
+        let client = cluster.client(i).unwrap();
+        let stat = client.stat("models/big.bin").unwrap();
         assert_eq!(stat.digest.unwrap().to_hex(), want, "{}", node_id(i));
+        // The copy itself: the bytes a consumer on the host maps.
+        assert_eq!(held_blake3(&client, "models/big.bin").unwrap(), want, "{}", node_id(i));
     }
     // Host 4 never asked for it: a plain get pulls it transparently.
     let guard = cluster.client(4).unwrap().get("models/big.bin", Duration::from_secs(120)).unwrap();

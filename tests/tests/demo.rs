@@ -60,16 +60,27 @@ fn reduced_demo_completes_every_case_with_equal_digests() {
     assert!((r.s_over_b - s_over_b).abs() < 1e-9);
     assert!(r.model.random_weights);
 
+    // The source's digest is the BLAKE3 of the weights file's bytes: the demo generated the
+    // tiny model with seed 1, and a seed always gives the same bytes.
+    let model = dir.path().join("model-again");
+    s2t_runner::random::generate(&s2t_runner::Speech2TextConfig::preset(s2t_runner::Preset::Tiny), &model, 1).unwrap();
+    let file_digest = store_tests::verify::file_blake3(&model.join("model.safetensors")).unwrap();
+    assert_eq!(r.model.digest, file_digest);
+
     // The runner ran both ways on the bundled sample and agreed with itself.
     assert_eq!(r.runner.len(), 2);
     assert!(r.transcripts_equal);
     assert!(r.audio.starts_with("bundled"), "{}", r.audio);
     for run in &r.runner {
         assert_eq!(run.report["weight_bytes"].as_u64(), Some(r.model.weights_bytes));
+        // The BLAKE3 of the weight bytes the runner held (store mapping, S3 download).
+        assert_eq!(run.report["weights_blake3"].as_str(), Some(r.model.digest.as_str()), "{:?}", run.method);
         assert!(run.report["audio_seconds"].as_f64().is_some_and(|s| s > 1.0), "{}", run.report);
     }
     assert!(!r.targets.is_empty());
-    assert!(r.targets.iter().any(|t| t.target.starts_with("every case completed") && t.met));
+    assert!(
+        r.targets.iter().any(|t| t.target.starts_with("every case completed") && t.target.contains("BLAKE3") && t.met)
+    );
 
     // The report directory: JSON that round-trips, a markdown summary with the table, and
     // the charts it links (when this machine has a font to draw them with).
@@ -79,7 +90,7 @@ fn reduced_demo_completes_every_case_with_equal_digests() {
     assert_eq!(json["network"], "loopback");
     let summary = std::fs::read_to_string(cfg.report_dir.join(report::SUMMARY)).unwrap();
     assert!(
-        summary.contains("| case | method | N/k | time | MB/s each | S/B | x S/B | from S3 | digests |"),
+        summary.contains("| case | method | N/k | time | MB/s each | S/B | x S/B | from S3 | BLAKE3 of mapped bytes |"),
         "{summary}"
     );
     assert!(summary.contains("S/B ="), "{summary}");

@@ -7,9 +7,11 @@
 use std::process::Command;
 use std::time::Duration;
 
+use store_client::ObjectState;
 use store_client::placement::PlaceSpec;
 use store_tests::cluster::{ClusterSpec, TestCluster, node_id};
 use store_tests::netns::{LinkSpec, requires_root};
+use store_tests::verify::held_blake3;
 use store_tests::{payload, workspace_bin};
 
 const MIB: usize = 1 << 20;
@@ -78,12 +80,19 @@ fn place_with_prefetch_brings_the_input_to_the_chosen_host() {
 
     // Nobody asked the chosen host for the object: the prefetch alone brings it there.
     let i: usize = chosen.trim_start_matches("node-").parse().unwrap();
+    // Sealed, not just bound: a receiver's pending object already carries the manifest's
+    // digest while its bytes are still arriving.
     let arrived = cluster.wait_until(Duration::from_secs(30), || {
-        cluster.client(i).unwrap().stat("inputs/a.bin").is_ok_and(|s| s.digest.is_some())
+        cluster.client(i).unwrap().stat("inputs/a.bin").is_ok_and(|s| s.state == ObjectState::Sealed)
     });
     assert!(arrived, "{chosen} does not hold the input after the prefetch");
     let stat = cluster.client(i).unwrap().stat("inputs/a.bin").unwrap();
     assert_eq!(stat.digest.unwrap().to_hex(), blake3::hash(&data).to_hex().to_string());
+    // The copy itself: the bytes a consumer on the chosen host maps.
+    assert_eq!(
+        held_blake3(&cluster.client(i).unwrap(), "inputs/a.bin").unwrap(),
+        blake3::hash(&data).to_hex().as_str()
+    );
     let other = if i == 1 { 2 } else { 1 };
     assert!(cluster.client(other).unwrap().stat("inputs/a.bin").is_err(), "the other cloud host got it too");
 

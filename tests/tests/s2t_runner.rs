@@ -1,7 +1,8 @@
 //! The Speech2Text runner against a real daemon: a random model (s2t-small architecture,
 //! 118 MB of weights) put under a prefix, transcribed from `store://` and from its directory
 //! (identical transcripts), private memory of a store-backed runner below a tenth of the
-//! weights, and two runners mapping one copy.
+//! weights, and two runners mapping one copy. With `--weights-digest` every runner reports the
+//! BLAKE3 of the weight bytes it held, checked against the weights file's.
 
 // Helpers outside #[test] functions panic on fixture errors too.
 #![allow(clippy::unwrap_used)]
@@ -12,6 +13,7 @@ use std::process::{Command, Stdio};
 
 use serde_json::Value;
 use store_client::client::PutOptions;
+use store_tests::verify::file_blake3;
 use store_tests::{DaemonProcess, workspace_bin};
 
 const PREFIX: &str = "models/s2t-small-random";
@@ -51,7 +53,7 @@ fn run_json(model: &str, audio: &Path, socket: &Path) -> Value {
     let out = runner()
         .args(["--model", model, "--audio"])
         .arg(audio)
-        .args(["--json", "--max-length", "12"])
+        .args(["--json", "--max-length", "12", "--weights-digest"])
         .env("STORE_SOCKET", socket)
         .output()
         .unwrap();
@@ -85,6 +87,7 @@ fn store_and_directory_give_identical_transcripts_with_one_shared_copy() {
         client.put_file(&format!("{PREFIX}/{file}"), model_dir.join(file), PutOptions::default()).unwrap();
     }
     let weights = std::fs::metadata(model_dir.join("model.safetensors")).unwrap().len();
+    let weights_blake3 = file_blake3(&model_dir.join("model.safetensors")).unwrap();
     let audio = dir.path().join("chirp.wav");
     chirp_wav(&audio);
 
@@ -97,6 +100,9 @@ fn store_and_directory_give_identical_transcripts_with_one_shared_copy() {
     assert_eq!(from_dir["transcript"], from_store["transcript"]);
     assert_eq!(from_store["random_weights"], true);
     assert_eq!(from_store["tensors_converted"].as_array().unwrap().len(), 0);
+    // Each runner hashed the weight bytes it ran on: the file mapping, the store mapping.
+    assert_eq!(from_dir["weights_blake3"].as_str(), Some(weights_blake3.as_str()));
+    assert_eq!(from_store["weights_blake3"].as_str(), Some(weights_blake3.as_str()));
 
     // A store-backed runner adds less than a tenth of the weights in private memory, both
     // when ready and after inference has touched every weight.
@@ -112,7 +118,7 @@ fn store_and_directory_give_identical_transcripts_with_one_shared_copy() {
             runner()
                 .args(["--model", &format!("store://{PREFIX}"), "--audio"])
                 .arg(&audio)
-                .args(["--json", "--max-length", "12", "--pause-when-ready"])
+                .args(["--json", "--max-length", "12", "--pause-when-ready", "--weights-digest"])
                 .env("STORE_SOCKET", daemon.socket())
                 .stdin(Stdio::piped())
                 .stdout(Stdio::piped())
@@ -144,6 +150,7 @@ fn store_and_directory_give_identical_transcripts_with_one_shared_copy() {
     }
     for r in &reports {
         assert_eq!(r["tokens"], from_dir["tokens"]);
+        assert_eq!(r["weights_blake3"].as_str(), Some(weights_blake3.as_str()));
     }
     // Leases are returned when the runners exit.
     assert_eq!(client.stat(&format!("{PREFIX}/model.safetensors")).unwrap().leases, 0);
@@ -165,7 +172,7 @@ fn s3_and_directory_give_identical_transcripts() {
     let out = runner()
         .args(["--model", "s3://bucket/models/small", "--audio"])
         .arg(&audio)
-        .args(["--json", "--max-length", "12"])
+        .args(["--json", "--max-length", "12", "--weights-digest"])
         .envs(s3.env())
         .output()
         .unwrap();
@@ -173,6 +180,10 @@ fn s3_and_directory_give_identical_transcripts() {
     let from_s3: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(from_s3["source_kind"], "s3");
     assert_eq!(from_dir["tokens"], from_s3["tokens"]);
+    // The runner hashed the buffer it downloaded from S3.
+    let weights_blake3 = file_blake3(&model_dir.join("model.safetensors")).unwrap();
+    assert_eq!(from_s3["weights_blake3"].as_str(), Some(weights_blake3.as_str()));
+    assert_eq!(from_dir["weights_blake3"].as_str(), Some(weights_blake3.as_str()));
 
     let out = runner()
         .args(["--model", "s3://bucket/models/missing", "--audio"])

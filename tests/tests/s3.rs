@@ -10,6 +10,7 @@ use store_client::s3::{
 };
 use store_tests::DaemonProcess;
 use store_tests::s3_server::TestS3;
+use store_tests::verify::held_blake3;
 
 const KIB: usize = 1024;
 const MIB: usize = 1024 * 1024;
@@ -208,8 +209,10 @@ fn storectl_pull_fills_seals_and_records_the_origin() {
     let opts = PullS3Options { part_size: Some(3 * MIB as u64), concurrency: Some(3), ..Default::default() };
     let p = client.pull_s3("s3://bucket/models/m.bin", "m/model-3mib-parts", opts).unwrap();
     assert_eq!(p.info.digest.unwrap().0, *blake3::hash(&data).as_bytes());
+    assert_eq!(held_blake3(&client, "m/model-3mib-parts").unwrap(), blake3::hash(&data).to_hex().as_str());
     let p = client.pull_s3("s3://bucket/empty", "empty", PullS3Options::default()).unwrap();
     assert_eq!(p.info.digest.unwrap().0, *blake3::hash(b"").as_bytes());
+    assert_eq!(held_blake3(&client, "empty").unwrap(), blake3::hash(b"").to_hex().as_str());
 
     // The same name and content again is a no-op; an object put locally has no origin.
     client.pull_s3("s3://bucket/models/m.bin", "m/model", PullS3Options::default()).unwrap();
@@ -324,6 +327,7 @@ fn storectl_push_round_trips_100_mib_through_s3() {
     assert_eq!(pulled["digest"].as_str(), Some(digest.to_hex().as_str()), "{pulled}");
     let info = client.stat("models/pulled.bin").unwrap();
     assert_eq!(info.digest.unwrap().0, *digest.as_bytes());
+    assert_eq!(held_blake3(&client, "models/pulled.bin").unwrap(), digest.to_hex().as_str());
 }
 
 #[test]
@@ -418,6 +422,7 @@ fn daemon_s3_flags_override_the_environment_and_metrics_count_parts() {
     let daemon = DaemonProcess::start_with_env("1GiB", &args, &env).expect("daemon starts");
     let p = daemon.client().unwrap().pull_s3("s3://bucket/k", "k", PullS3Options::default()).unwrap();
     assert_eq!(p.info.digest.unwrap().0, *blake3::hash(&data).as_bytes());
+    assert_eq!(held_blake3(&daemon.client().unwrap(), "k").unwrap(), blake3::hash(&data).to_hex().as_str());
     let scrape = {
         use std::io::{Read, Write};
         let mut conn = std::net::TcpStream::connect(&metrics_addr).unwrap();

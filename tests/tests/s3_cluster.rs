@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use store_tests::cluster::{ClusterSpec, TestCluster, node_id};
 use store_tests::netns::{LinkSpec, NsChild, requires_root};
+use store_tests::verify::held_blake3;
 use store_tests::{payload, workspace_bin};
 
 const MIB: usize = 1 << 20;
@@ -123,6 +124,8 @@ fn cooperative_fetch_to_three_hosts_reads_each_byte_from_s3_about_once() {
     for i in 0..3 {
         let stat = cluster.client(i).unwrap().stat("coop/model.bin").unwrap();
         assert_eq!(stat.digest.unwrap().to_hex().to_string(), want, "{}", node_id(i));
+        // The copy itself: the bytes a consumer on the host maps.
+        assert_eq!(held_blake3(&cluster.client(i).unwrap(), "coop/model.bin").unwrap(), want, "{}", node_id(i));
         let origin = cluster.client(i).unwrap().origin("coop/model.bin").unwrap();
         assert_eq!(origin.map(|o| o.url), Some(url.clone()), "{}", node_id(i));
     }
@@ -144,6 +147,9 @@ fn cooperative_fetch_to_three_hosts_reads_each_byte_from_s3_about_once() {
         cluster.client(0).unwrap().stat("coop/small").unwrap().digest.unwrap().to_hex().to_string(),
         digest(&small)
     );
+    for i in [0, 2] {
+        assert_eq!(held_blake3(&cluster.client(i).unwrap(), "coop/small").unwrap(), digest(&small), "{}", node_id(i));
+    }
 
     // More nodes than chunks: two of the three shares are empty.
     let pulled = cluster
@@ -153,6 +159,9 @@ fn cooperative_fetch_to_three_hosts_reads_each_byte_from_s3_about_once() {
         .unwrap();
     assert_eq!(pulled.digest.to_hex().to_string(), digest(&tiny));
     assert!(pulled.nodes.iter().all(|o| o.result.is_ok()), "{:?}", pulled.nodes);
+    for i in 0..3 {
+        assert_eq!(held_blake3(&cluster.client(i).unwrap(), "coop/tiny").unwrap(), digest(&tiny), "{}", node_id(i));
+    }
     assert_eq!(pulled.s3_bytes, 1000);
 
     // Once held, a second cooperative fetch of the name is refused and changes nothing.
@@ -209,6 +218,7 @@ fn a_receiver_whose_only_peer_dies_finishes_from_the_s3_origin() {
     assert!(report.from.get(&node_id(0)).is_some_and(|b| *b > 0), "{report:?}");
     let stat = env.cluster.client(1).unwrap().stat("fallback/model.bin").unwrap();
     assert_eq!(stat.digest.unwrap().to_hex().to_string(), want);
+    assert_eq!(held_blake3(&env.cluster.client(1).unwrap(), "fallback/model.bin").unwrap(), want);
 }
 
 #[test]
@@ -239,6 +249,7 @@ fn the_share_of_a_node_that_cannot_reach_s3_is_read_by_another() {
     for i in 0..2 {
         let stat = env.cluster.client(i).unwrap().stat("coop/taken-over").unwrap();
         assert_eq!(stat.digest.unwrap().to_hex().to_string(), want, "{}", node_id(i));
+        assert_eq!(held_blake3(&env.cluster.client(i).unwrap(), "coop/taken-over").unwrap(), want, "{}", node_id(i));
     }
     assert!(env.cluster.client(2).unwrap().stat("coop/taken-over").is_err());
 }

@@ -17,6 +17,10 @@
 //! "wire" is the endpoint host's `eth0` transmit counter (headers, TCP/IP and Ethernet
 //! framing included). All traffic is plain HTTP with SigV4, as to a MinIO on a private
 //! network; the two cores of the machine run the endpoint, every daemon and the hashing.
+//!
+//! "digest ok" is the BLAKE3 of the bytes a consumer maps (a daemon's copy, through `get`)
+//! or holds (`s3-get`'s buffer), computed after the clock stopped, against the BLAKE3 of the
+//! payload the bench uploaded ([`crate::verify`]).
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -31,6 +35,7 @@ use store_client::client::PullS3Options;
 use super::{BenchConfig, Target, capacity_for, median};
 use crate::cluster::{ClusterSpec, TestCluster, node_id};
 use crate::netns::{LinkSpec, NsChild};
+use crate::verify;
 use crate::workspace_bin;
 
 /// TCP port of the endpoint on host 0.
@@ -86,6 +91,7 @@ pub struct S3Row {
     pub mb_per_s: f64,
     /// Payload bits per second as a percentage of the receiver's link rate.
     pub link_pct: f64,
+    /// The BLAKE3 of the bytes it maps or holds equals the payload's.
     pub digest_ok: bool,
 }
 
@@ -358,7 +364,6 @@ fn direct_round(
                         Ok(p) => {
                             r.seconds = p.total_seconds;
                             r.download_seconds = p.download_seconds;
-                            r.digest_ok = p.info.digest.is_some_and(|d| d.to_hex() == digest);
                         }
                         Err(e) => r.error = Some(format!("{e:#}")),
                     }
@@ -380,6 +385,11 @@ fn direct_round(
             .collect();
         (rows, start.elapsed().as_secs_f64())
     });
+    let mut rows = rows;
+    // Every host's copy, hashed as its consumers map it, once all the clocks have stopped.
+    for (i, r) in (1..=n).zip(rows.iter_mut()) {
+        r.digest_ok = r.error.is_none() && verify::held_matches(&cluster.socket(i), OBJECT, digest);
+    }
     let after = served_after(cluster, endpoint)?;
     let endpoint_bound = endpoint_bound(cfg, n);
     let bound = receiver_bound(cfg).max(endpoint_bound);
@@ -422,6 +432,7 @@ fn consumers_direct(
             Ok(v) if status.success() => {
                 r.seconds = v["seconds"].as_f64().unwrap_or(f64::NAN);
                 r.download_seconds = r.seconds;
+                // `--hash`: s3-get hashed the buffer it downloaded, after its clock stopped.
                 r.digest_ok = v["blake3"].as_str() == Some(digest);
             }
             _ => r.error = Some(format!("s3-get exited with {status}: {}", stdout.trim())),
@@ -451,7 +462,7 @@ fn consumers_store(
     let pulled = cluster.client(1)?.pull_s3(&s3_url(), OBJECT, PullS3Options::default());
     let download_seconds = pulled.as_ref().map_or(f64::NAN, |p| p.download_seconds);
     let pull_error = pulled.as_ref().err().map(|e| format!("pull: {e}"));
-    let rows: Vec<S3Row> = std::thread::scope(|scope| {
+    let consumed: Vec<(S3Row, Option<StoreGuard>)> = std::thread::scope(|scope| {
         let handles: Vec<_> = (0..k)
             .map(|c| {
                 let socket = &socket;
@@ -461,17 +472,18 @@ fn consumers_store(
                     r.download_seconds = download_seconds;
                     if let Some(e) = pull_error {
                         r.error = Some(e);
-                        return r;
+                        return (r, None);
                     }
-                    let mapped = consume(socket);
-                    match mapped {
-                        Ok(d) => {
+                    match consume(socket) {
+                        Ok(guard) => {
                             r.seconds = start.elapsed().as_secs_f64();
-                            r.digest_ok = d == digest;
+                            (r.with_rates(cfg), Some(guard))
                         }
-                        Err(e) => r.error = Some(format!("{e:#}")),
+                        Err(e) => {
+                            r.error = Some(format!("{e:#}"));
+                            (r, None)
+                        }
                     }
-                    r.with_rates(cfg)
                 })
             })
             .collect();
@@ -481,12 +493,20 @@ fn consumers_store(
                 h.join().unwrap_or_else(|_| {
                     let mut r = row(cfg, S3Kind::ConsumersStore, k, 1, node_id(1), 0);
                     r.error = Some("consumer panicked".into());
-                    r
+                    (r, None)
                 })
             })
             .collect()
     });
     let wall = start.elapsed().as_secs_f64();
+    // Each consumer's mapping, hashed once every clock has stopped.
+    let rows: Vec<S3Row> = consumed
+        .into_iter()
+        .map(|(mut r, guard)| {
+            r.digest_ok = guard.is_some_and(|g| verify::mapped_blake3(&g) == digest);
+            r
+        })
+        .collect();
     let after = served_after(cluster, endpoint)?;
     let endpoint_bound = endpoint_bound(cfg, 1);
     let bound = receiver_bound(cfg).max(endpoint_bound);
@@ -495,8 +515,10 @@ fn consumers_store(
     Ok((rows, summary))
 }
 
-/// A consumer: maps the object read-only and reads one byte of every page; its digest.
-fn consume(socket: &Path) -> anyhow::Result<String> {
+type StoreGuard = store_client::ObjectGuard;
+
+/// A consumer: maps the object read-only and reads one byte of every page; its mapping.
+fn consume(socket: &Path) -> anyhow::Result<StoreGuard> {
     let client = StoreClient::connect(socket)?;
     let guard = client.get(OBJECT, Duration::ZERO)?;
     let mut sum = 0u8;
@@ -504,7 +526,7 @@ fn consume(socket: &Path) -> anyhow::Result<String> {
         sum = sum.wrapping_add(page[0]);
     }
     std::hint::black_box(sum);
-    guard.info().digest.map(|d| d.to_hex()).context("the object has no digest")
+    Ok(guard)
 }
 
 /// (c) Cooperative fetch to hosts `1..=n`: one `pull_s3_cooperative` request (to node-1)
@@ -532,7 +554,6 @@ fn coop_round(
                     Ok(report) => {
                         r.seconds = report.seconds + p.share_seconds;
                         r.download_seconds = p.share_seconds;
-                        r.digest_ok = p.digest.to_hex() == digest;
                     }
                     Err(e) => r.error = Some(e.clone()),
                 }
@@ -545,10 +566,11 @@ fn coop_round(
             rows.push(r);
         }
     }
-    // Every receiver holds the object with the right content.
-    for (i, r) in (1..=n).zip(rows.iter_mut()) {
-        let stat = cluster.client(i)?.stat(OBJECT);
-        r.digest_ok &= stat.is_ok_and(|s| s.digest.is_some_and(|d| d.to_hex() == digest));
+    // Every receiver holds the object with the right content: its mapped bytes hashed.
+    for r in &mut rows {
+        let host = (1..=n).find(|&i| node_id(i) == r.node);
+        r.digest_ok =
+            r.error.is_none() && host.is_some_and(|i| verify::held_matches(&cluster.socket(i), OBJECT, digest));
     }
     let after = served_after(cluster, endpoint)?;
     let endpoint_bound = endpoint_bound(cfg, 1);

@@ -17,9 +17,11 @@
 //!    both transcripts printed.
 //!
 //! Case 1 is the N = 1 point of case 3 (with one receiver, relay on and off are the same
-//! transfer, measured once). Every receiver's content is checked against the source's
-//! BLAKE3 digest. The result is a [`DemoReport`]: a table with S/B per row, JSON, and a
-//! report directory with a markdown summary and PNG charts ([`report`]).
+//! transfer, measured once). Every copy is checked on its bytes: the BLAKE3 of what its
+//! consumer maps (a store copy, through `get`) or holds (an S3 download, the runner's
+//! weights) against the BLAKE3 of the model's weights file, never a daemon's reported
+//! digest ([`crate::verify`]). The result is a [`DemoReport`]: a table with S/B per row,
+//! JSON, and a report directory with a markdown summary and PNG charts ([`report`]).
 
 pub mod fabric;
 pub mod pace;
@@ -39,6 +41,7 @@ use store_client::sys;
 use crate::cluster::node_id;
 use crate::cluster_bench::Machine;
 use crate::netns::NsChild;
+use crate::verify;
 use fabric::{BUCKET, Fabric, FabricSpec};
 use roles::{S3GetResult, unix_ms};
 
@@ -196,6 +199,8 @@ pub struct Consumer {
     pub who: String,
     /// Its own time to have the whole object; NaN if it failed.
     pub seconds: f64,
+    /// The BLAKE3 of the bytes it maps or holds equals the source's (computed after the
+    /// clock stopped).
     pub digest_ok: bool,
     pub error: Option<String>,
     /// Bytes from each source (`s3` or a node), where known.
@@ -246,7 +251,8 @@ pub struct Row {
     pub x_bound: f64,
     /// Bytes S3 served for the row, where it took part.
     pub s3_bytes: Option<u64>,
-    /// Every consumer completed and its content's digest equals the source's.
+    /// Every consumer completed and the BLAKE3 of the bytes it maps or holds equals the
+    /// source's.
     pub all_ok: bool,
     pub consumers: Vec<Consumer>,
     pub note: Option<String>,
@@ -304,6 +310,7 @@ pub struct ModelInfo {
     pub random_weights: bool,
     pub weights_bytes: u64,
     pub total_bytes: u64,
+    /// BLAKE3 (hex) of the weights file's bytes: what every copy's bytes must hash to.
     pub digest: String,
 }
 
@@ -478,7 +485,13 @@ fn run_inner(cfg: &DemoConfig, ns: &[usize], p: &mut Progress<'_>, started: Inst
     }
     let source = fabric.client(0)?;
     source.put_dir(&model_dir, MODEL_PREFIX, Default::default()).context("putting the model on node-0")?;
-    let digest = source.stat(WEIGHTS)?.digest.map(|d| d.to_hex()).context("the weights have no digest")?;
+    // The source's digest over the file's bytes, and node-0's copy checked against it the
+    // way every other copy will be: by hashing what a consumer maps.
+    let digest = verify::file_blake3(&model_dir.join(s2t_runner::source::WEIGHTS_FILE))?;
+    let on_source = verify::held_blake3(&source, WEIGHTS).context("hashing node-0's copy of the weights")?;
+    if on_source != digest {
+        bail!("node-0's copy of the weights hashes to {on_source}, the file to {digest}");
+    }
     wait_holders(&fabric, WEIGHTS, &[0])?;
     drop(model_tmp);
 
@@ -599,7 +612,10 @@ fn run_inner(cfg: &DemoConfig, ns: &[usize], p: &mut Progress<'_>, started: Inst
         p.step(format!("{} on {}", method.label(), node_id(runner_node)), eta);
         let run = ctx.transcribe(runner_node, method, &model, &audio.0, max_length)?;
         let transfer = run.report.get("transfer_seconds").and_then(|v| v.as_f64()).unwrap_or(f64::NAN);
-        let ok = run.report.get("weight_bytes").and_then(|v| v.as_u64()) == Some(weights_bytes);
+        // The BLAKE3 of the weight bytes the runner held and ran on (its store mapping, or
+        // the buffer it downloaded from S3), hashed by the runner itself after inference.
+        let ok = run.report.get("weight_bytes").and_then(|v| v.as_u64()) == Some(weights_bytes)
+            && run.report.get("weights_blake3").and_then(|v| v.as_str()) == Some(digest.as_str());
         let note = if method == Method::RunnerStore {
             format!("weights already on {} from the broadcast: mapped in place", node_id(runner_node))
         } else {
@@ -766,11 +782,10 @@ impl Ctx<'_> {
         Ok(())
     }
 
-    fn digest_on(&self, node: usize, name: &str) -> bool {
-        self.fabric
-            .client(node)
-            .and_then(|c| Ok(c.stat(name)?))
-            .is_ok_and(|s| s.digest.is_some_and(|d| d.to_hex() == self.digest))
+    /// Whether the bytes of `name` a consumer on `node` maps hash to the source's digest
+    /// (through the node's socket, also for a network-namespace host).
+    fn held_ok(&self, node: usize, name: &str) -> bool {
+        verify::held_matches(&self.fabric.socket(node), name, self.digest)
     }
 
     /// node-0 replicates the weights to `targets` at once.
@@ -790,7 +805,7 @@ impl Ctx<'_> {
                     if r.already_present {
                         c.error = Some("already present: nothing was transferred".into());
                     }
-                    c.digest_ok = self.digest_on(i, WEIGHTS);
+                    c.digest_ok = self.held_ok(i, WEIGHTS);
                 })
             })
             .collect())
@@ -815,9 +830,9 @@ impl Ctx<'_> {
                         let guard = client.get(WEIGHTS, timeout).context("get")?;
                         std::hint::black_box(guard.first());
                         let seconds = start.elapsed().as_secs_f64();
-                        let digest_ok = guard.info().digest.is_some_and(|d| d.to_hex() == self.digest);
                         let who = format!("{}#{}", node_id(node), c + 1);
-                        Ok((Consumer { who, seconds, digest_ok, error: None, from: Default::default() }, guard))
+                        // Hashed below, once every consumer's clock has stopped.
+                        Ok((Consumer { who, seconds, digest_ok: false, error: None, from: Default::default() }, guard))
                     })
                 })
                 .collect();
@@ -830,8 +845,9 @@ impl Ctx<'_> {
         let mut identities = Vec::new();
         for (c, r) in results.into_iter().enumerate() {
             match r {
-                Ok((consumer, guard)) => {
+                Ok((mut consumer, guard)) => {
                     identities.push(sys::file_identity(std::os::fd::AsFd::as_fd(guard.fd()))?);
+                    consumer.digest_ok = verify::mapped_blake3(&guard) == self.digest;
                     consumers.push(consumer);
                 }
                 Err(e) => consumers.push(Consumer {
@@ -876,6 +892,7 @@ impl Ctx<'_> {
             .map(|(who, out)| {
                 match out.and_then(|s| serde_json::from_str::<S3GetResult>(&s).context("parsing role-s3-get's result"))
                 {
+                    // role-s3-get hashed the buffer it downloaded, after its clock stopped.
                     Ok(r) => Consumer {
                         who,
                         seconds: r.seconds,
@@ -910,7 +927,7 @@ impl Ctx<'_> {
                     if r.s3_bytes > 0 {
                         c.from.insert("s3".into(), r.s3_bytes);
                     }
-                    c.digest_ok = pull.digest.to_hex() == self.digest && self.digest_on(i, COOP_NAME);
+                    c.digest_ok = self.held_ok(i, COOP_NAME);
                 })
             })
             .collect();
