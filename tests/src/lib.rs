@@ -4,8 +4,11 @@
 pub mod cluster;
 pub mod cluster_bench;
 pub mod demo;
+pub mod moto;
 pub mod netns;
 pub mod s3_server;
+pub mod skip;
+pub mod soak;
 pub mod verify;
 pub mod workload_bench;
 

@@ -54,7 +54,7 @@
 //!   retransmissions; with 20 ms of queue but no floor, 10 Mbit/s at MTU 9000 reached only
 //!   8.5 Mbit/s.
 //!
-//! tbf counts Ethernet frames (IP packet + 14 bytes), so TCP goodput (what iperf3 reports) is
+//! tbf counts Ethernet frames (IP packet + 14 bytes), so TCP goodput (what iperf3 or `NetnsCluster::tcp_stream` reports) is
 //! `R * (MTU - 52) / (MTU + 14)` with timestamps: 95.6 % of R at MTU 1500, 99.3 % at MTU 9000.
 //! Measured on this machine (2 cores, iperf3 3.12, one TCP stream, 3 s), these parameters gave
 //! 9.6 / 47.8 / 191.4 / 955 Mbit/s at 10 / 50 / 200 / 1000 Mbit/s and MTU 1500, and
@@ -94,6 +94,8 @@ use nix::errno::Errno;
 use nix::fcntl::{Flock, FlockArg};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
+
+use crate::skip::find_on_path;
 
 /// Prefix of the namespaces created by [`NetnsCluster::new`] and [`NetnsCluster::with_links`].
 pub const DEFAULT_PREFIX: &str = "storetest";
@@ -315,14 +317,9 @@ fn sh(program: &str, args: &[&str]) -> anyhow::Result<String> {
     Ok(String::from_utf8_lossy(&output.stdout).into_owned())
 }
 
-fn find_on_path(program: &str) -> bool {
-    let Some(path) = std::env::var_os("PATH") else { return false };
-    std::env::split_paths(&path).chain(["/usr/sbin".into(), "/sbin".into()]).any(|dir| dir.join(program).is_file())
-}
-
-/// Whether multi-host tests can run here: root and iproute2's `ip` and `tc`. When not, prints
-/// a `SKIPPED` line straight to stderr (past the test harness's output capture, so the skip
-/// shows in every run) and returns `false`; the test should then return early.
+/// Whether multi-host tests can run here: root and iproute2's `ip` and `tc`. When not,
+/// reports the skip ([`crate::skip::skip`]) and returns `false`; the test should then return
+/// early.
 #[track_caller]
 pub fn requires_root() -> bool {
     let mut missing = Vec::new();
@@ -337,10 +334,7 @@ pub fn requires_root() -> bool {
     if missing.is_empty() {
         return true;
     }
-    let thread = std::thread::current();
-    let test = thread.name().unwrap_or("?");
-    let location = std::panic::Location::caller();
-    let _ = writeln!(std::io::stderr(), "SKIPPED {test} ({location}): multi-host test needs {}", missing.join(", "));
+    crate::skip::skip(&format!("multi-host test needs {}", missing.join(", ")));
     false
 }
 
@@ -467,11 +461,13 @@ impl Host {
     }
 }
 
-/// One iperf3 measurement.
+/// One TCP stream measurement ([`NetnsCluster::tcp_stream`]).
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub struct IperfResult {
+pub struct TcpResult {
     /// Goodput at the receiver, bit/s.
     pub received_bps: f64,
+    /// Bytes the receiver read.
+    pub received_bytes: u64,
     /// TCP retransmissions seen by the sender.
     pub retransmits: u64,
 }
@@ -658,63 +654,56 @@ impl NetnsCluster {
         Ok(())
     }
 
-    /// One iperf3 TCP stream from host `from` to host `to` for `seconds` (a server is started
-    /// on `to` for the run, port 5201). Needs the `iperf3` program (Debian package iperf3).
-    pub fn iperf3(&self, from: usize, to: usize, seconds: u32) -> anyhow::Result<IperfResult> {
-        if !find_on_path("iperf3") {
-            bail!("iperf3 not found: apt-get install iperf3");
-        }
+    /// One TCP stream from host `from` to host `to` for `seconds`, measured at the receiver
+    /// (what iperf3 reports as received bits per second), with the workspace's `netprobe`
+    /// binary on both ends: nothing to install. Port 5201 on `to`.
+    pub fn tcp_stream(&self, from: usize, to: usize, seconds: f64) -> anyhow::Result<TcpResult> {
+        let netprobe = crate::workspace_bin("netprobe")?;
         let (client, server) = (self.host(from), self.host(to));
-        let bind = server.addr().to_string();
-        let mut server_cmd = server.command("iperf3");
-        server_cmd.args(["-s", "-1", "-B", &bind, "-p", "5201", "--forceflush"]);
-        server_cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+        let bind = format!("{}:5201", server.addr());
+        let mut server_cmd = server.command(&netprobe);
+        server_cmd.args(["serve", &bind]).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
         let mut server_child = NsChild::spawn(&mut server_cmd)?;
-        let (tx, rx) = mpsc::channel();
+        let mut first_line = String::new();
         if let Some(stdout) = server_child.stdout.take() {
+            // `serve` prints one line once bound, or exits (EOF) when it cannot bind.
+            let (tx, rx) = mpsc::channel();
             std::thread::spawn(move || {
-                for line in BufReader::new(stdout).lines() {
-                    let Ok(line) = line else { break };
-                    let _ = tx.send(line);
-                }
+                let mut line = String::new();
+                let _ = BufReader::new(stdout).read_line(&mut line);
+                let _ = tx.send(line);
             });
+            first_line = rx.recv_timeout(Duration::from_secs(10)).unwrap_or_default();
         }
-        let ready_deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            let left = ready_deadline.saturating_duration_since(Instant::now());
-            match rx.recv_timeout(left) {
-                Ok(line) if line.contains("Server listening") => break,
-                Ok(_) => {}
-                Err(_) => {
-                    let status = server_child.try_wait().ok().flatten();
-                    let mut stderr = String::new();
-                    if status.is_some()
-                        && let Some(mut err) = server_child.stderr.take()
-                    {
-                        let _ = err.read_to_string(&mut stderr);
-                    }
-                    bail!(
-                        "`{}` did not report listening within 10 s (exit: {status:?}): {}",
-                        server_child.description(),
-                        stderr.trim()
-                    );
-                }
+        if first_line.trim() != "listening" {
+            let mut stderr = String::new();
+            if let Some(mut err) = server_child.stderr.take() {
+                let _ = server_child.kill();
+                let _ = err.read_to_string(&mut stderr);
             }
+            bail!("`{}` did not start listening within 10 s: {}", server_child.description(), stderr.trim());
         }
-        let timeout = Duration::from_secs(u64::from(seconds) + 20);
-        let output = run_checked(
-            client.command("iperf3").args(["-c", &bind, "-p", "5201", "-t", &seconds.to_string(), "-J"]),
-            timeout,
-        )?;
+        let timeout = Duration::from_secs_f64(seconds + 40.0);
+        let output = run_checked(client.command(&netprobe).args(["send", &bind, &format!("{seconds}")]), timeout)?;
         let report: serde_json::Value =
-            serde_json::from_slice(&output.stdout).context("iperf3 -J printed no JSON report")?;
-        let end = &report["end"];
-        let received_bps = end["sum_received"]["bits_per_second"]
-            .as_f64()
-            .with_context(|| format!("no end.sum_received.bits_per_second in iperf3's report: {report}"))?;
-        let retransmits = end["sum_sent"]["retransmits"].as_u64().unwrap_or(0);
+            serde_json::from_slice(&output.stdout).context("netprobe send printed no JSON report")?;
+        let received_bps = report["received_bps"].as_f64().with_context(|| format!("no received_bps in {report}"))?;
+        let received_bytes =
+            report["received_bytes"].as_u64().with_context(|| format!("no received_bytes in {report}"))?;
+        let retransmits = report["retransmits"].as_u64().unwrap_or(0);
         let _ = server_child.stop(Duration::from_secs(2));
-        Ok(IperfResult { received_bps, retransmits })
+        Ok(TcpResult { received_bps, received_bytes, retransmits })
+    }
+
+    /// Transitional name of [`Self::tcp_stream`] (removed once the benches use the new one).
+    pub fn iperf3(&self, from: usize, to: usize, seconds: u32) -> anyhow::Result<TcpResult> {
+        self.tcp_stream(from, to, f64::from(seconds))
+    }
+
+    /// Whether host `from` reaches host `to`: a four-byte TCP exchange ([`Self::tcp_stream`]
+    /// of zero seconds), what `ping` checked.
+    pub fn reaches(&self, from: usize, to: usize) -> anyhow::Result<bool> {
+        Ok(self.tcp_stream(from, to, 0.0)?.received_bytes == 4)
     }
 
     /// Removes the cluster now and reports every failure (dropping it does the same but can

@@ -637,7 +637,7 @@ impl WorkloadReport {
                 "\neach effect on its own (makespan ratios):\n{:>6} {:>14} {:>14} {:>14} {:>14} {:>6}\n",
                 "MBIT/S", "PLACE NO-PF", "PLACE W/ PF", "PF NAIVE", "PF AWARE", "BOTH"
             ));
-            for e in self.effects.iter().filter(|e| any(*e)) {
+            for e in self.effects.iter().filter(|e| any(e)) {
                 out.push_str(&format!(
                     "{:>6} {:>14} {:>14} {:>14} {:>14} {:>6}\n",
                     e.rate_mbit,

@@ -1,7 +1,8 @@
 //! Tests of the multi-host harness (`store_tests::netns`): emulated hosts reach each other and
 //! nothing else, links are shaped to the configured rate in both directions, and teardown
-//! leaves nothing behind, also after a panic. They need root and iproute2 and print a
-//! `SKIPPED` line otherwise.
+//! leaves nothing behind, also after a panic. Reachability and throughput are measured with
+//! the workspace's `netprobe` (no ping or iperf3). They need root and iproute2 and report a
+//! skip otherwise.
 
 use std::io::Write;
 use std::net::Ipv4Addr;
@@ -14,7 +15,7 @@ use store_tests::netns::{
 };
 
 const SHAPED_MBIT: u32 = 200;
-const SHAPED_SECS: u32 = 3;
+const SHAPED_SECS: f64 = 3.0;
 
 fn in_bench_net(addr: Ipv4Addr) -> bool {
     u32::from(addr) & 0xfffe_0000 == u32::from(BENCH_NET)
@@ -53,12 +54,10 @@ fn hosts_reach_each_other_and_nothing_outside_the_bench_range() {
     assert_eq!(h1.addr().octets()[3], 11);
     assert!(h0.ns().ends_with("-h0") && h1.ns().ends_with("-h1"));
 
-    // One packet each way, bounded in time.
+    // A four-byte TCP exchange each way, bounded in time.
     let limit = Duration::from_secs(10);
-    for (from, to) in [(h0, h1), (h1, h0)] {
-        let out = from.run("ping", &["-c", "1", "-W", "3", &to.addr().to_string()], limit).expect("ping");
-        let text = String::from_utf8_lossy(&out.stdout);
-        assert!(text.contains("1 received"), "{text}");
+    for (from, to) in [(0, 1), (1, 0)] {
+        assert!(cluster.reaches(from, to).expect("netprobe"), "h{from} does not reach h{to}");
     }
 
     // Only the connected /24: no default route, so every other destination is unreachable
@@ -139,7 +138,7 @@ fn links_are_shaped_in_both_directions() {
                 assert!(String::from_utf8_lossy(&mtu_out.stdout).contains(&format!("mtu {mtu} ")));
             }
         }
-        let result = cluster.iperf3(0, 1, SHAPED_SECS).expect("iperf3");
+        let result = cluster.tcp_stream(0, 1, SHAPED_SECS).expect("tcp stream");
         check(
             &format!(
                 "{SHAPED_MBIT} Mbit/s, MTU {mtu}, tbf burst {} limit {}, {} retransmits (ideal goodput {:.1})",
@@ -157,12 +156,12 @@ fn links_are_shaped_in_both_directions() {
     // switch port's; the same cluster unshaped (set_rate) is much faster.
     let mut cluster =
         NetnsCluster::with_links(vec![LinkSpec::shaped(SHAPED_MBIT, 1500), LinkSpec::unshaped(1500)]).expect("cluster");
-    let up = cluster.iperf3(0, 1, SHAPED_SECS).expect("iperf3 h0 -> h1");
+    let up = cluster.tcp_stream(0, 1, SHAPED_SECS).expect("tcp stream h0 -> h1");
     check("host -> switch only (h0 -> h1, h1 unshaped)", up.received_bps);
-    let down = cluster.iperf3(1, 0, SHAPED_SECS).expect("iperf3 h1 -> h0");
+    let down = cluster.tcp_stream(1, 0, SHAPED_SECS).expect("tcp stream h1 -> h0");
     check("switch -> host only (h1 -> h0, h1 unshaped)", down.received_bps);
     cluster.set_rate(0, None).expect("unshape");
-    let fast = cluster.iperf3(0, 1, 2).expect("iperf3 unshaped");
+    let fast = cluster.tcp_stream(0, 1, 2.0).expect("tcp stream unshaped");
     report(&format!("netns shaping: unshaped, MTU 1500: {:.1} Mbit/s", fast.received_bps / 1e6));
     assert!(fast.received_bps > 3.0 * f64::from(SHAPED_MBIT) * 1e6, "unshaped only {} bit/s", fast.received_bps);
     cluster.teardown().expect("teardown");

@@ -1,8 +1,8 @@
 //! Operations: the systemd units (checked by systemd's own tools), readiness over
 //! `$NOTIFY_SOCKET`, graceful SIGTERM, and the Prometheus metrics, scraped and queried by a
 //! real Prometheus server while a daemon replicates. Tests that need a tool the machine
-//! lacks (systemd-analyze, promtool, prometheus: Debian's `systemd` and `prometheus`) say
-//! SKIPPED; multi-host tests need root as in `cluster.rs`.
+//! lacks (systemd-analyze, promtool, prometheus: Debian's `systemd` and `prometheus`) report
+//! a skip (`./run-tests` installs them); multi-host tests need root as in `cluster.rs`.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers outside #[test] functions
 
@@ -29,25 +29,10 @@ fn systemd_dir() -> PathBuf {
     repo_dir().join("systemd")
 }
 
-fn on_path(program: &str) -> bool {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path).chain(["/usr/sbin".into(), "/sbin".into()]).any(|d| d.join(program).is_file())
-}
-
-/// Whether `program` is installed; prints a SKIPPED line (past the output capture) if not.
+/// Whether `program` is installed; reports a skip ([`store_tests::skip`]) if not.
 #[track_caller]
 fn requires_tool(program: &str, package: &str) -> bool {
-    if on_path(program) {
-        return true;
-    }
-    let thread = std::thread::current();
-    let _ = writeln!(
-        std::io::stderr(),
-        "SKIPPED {} ({}): needs `{program}` (Debian package {package})",
-        thread.name().unwrap_or("?"),
-        std::panic::Location::caller()
-    );
-    false
+    store_tests::skip::requires_program(program, package)
 }
 
 /// A loopback port that was free a moment ago.
