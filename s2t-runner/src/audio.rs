@@ -29,6 +29,13 @@ pub enum AudioError {
     Resample { path: String, from: u32, reason: String },
 }
 
+/// Source sample rates read: telephone to studio rates. Far-out rates are not audio and make
+/// the resampler allocate without bound (found by fuzzing).
+pub const MIN_SOURCE_RATE: u32 = 1_000;
+pub const MAX_SOURCE_RATE: u32 = 384_000;
+/// Largest magnitude of a float sample accepted (clipped audio can exceed 1 a little).
+const MAX_FLOAT_SAMPLE: f32 = 64.0;
+
 /// Decoded audio: 16 kHz mono samples in `[-1, 1)`.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Audio {
@@ -63,8 +70,14 @@ pub fn read_wav<R: Read>(reader: R, name: &str) -> Result<Audio, AudioError> {
     let wav = hound::WavReader::new(reader).map_err(corrupt)?;
     let spec = wav.spec();
     let channels = spec.channels as usize;
-    if channels == 0 || spec.sample_rate == 0 {
-        return Err(AudioError::Corrupt { path: name.into(), reason: "zero channels or zero sample rate".into() });
+    if channels == 0 || !(MIN_SOURCE_RATE..=MAX_SOURCE_RATE).contains(&spec.sample_rate) {
+        return Err(AudioError::Corrupt {
+            path: name.into(),
+            reason: format!(
+                "{} channels at {} Hz (supported: at least one channel, {MIN_SOURCE_RATE}-{MAX_SOURCE_RATE} Hz)",
+                spec.channels, spec.sample_rate
+            ),
+        });
     }
     let interleaved: Vec<f32> = match (spec.sample_format, spec.bits_per_sample) {
         (hound::SampleFormat::Float, 32) => wav.into_samples::<f32>().collect::<Result<_, _>>().map_err(corrupt)?,
@@ -98,6 +111,11 @@ pub fn read_wav<R: Read>(reader: R, name: &str) -> Result<Audio, AudioError> {
     };
     if mono.is_empty() {
         return Err(AudioError::Empty { path: name.into() });
+    }
+    // Float WAVs hold [-1, 1] by convention; far larger or non-finite values are not audio
+    // (and make the resampler fail on overflow).
+    if let Some(bad) = mono.iter().find(|s| !s.is_finite() || s.abs() > MAX_FLOAT_SAMPLE) {
+        return Err(AudioError::Corrupt { path: name.into(), reason: format!("sample value {bad} is not audio") });
     }
     let samples = if spec.sample_rate as usize == SAMPLE_RATE {
         mono

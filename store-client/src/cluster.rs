@@ -156,6 +156,65 @@ pub enum PeerRequest {
     Prefetch { names: Vec<String> },
 }
 
+impl PeerRequest {
+    /// Every object name the request carries: what the receiving daemon checks with
+    /// [`crate::name::validate`] before acting on it (the match is exhaustive, so a new
+    /// variant cannot slip past the check).
+    pub fn names(&self) -> Vec<&str> {
+        match self {
+            PeerRequest::Manifest { name }
+            | PeerRequest::Chunk { name, .. }
+            | PeerRequest::Have { name }
+            | PeerRequest::Pull { name, .. }
+            | PeerRequest::FetchShare { name, .. }
+            | PeerRequest::CompleteShare { name, .. }
+            | PeerRequest::DropShare { name } => vec![name.as_str()],
+            PeerRequest::Prefetch { names } => names.iter().map(String::as_str).collect(),
+        }
+    }
+
+    /// Checks every name the request carries ([`Self::names`]).
+    pub fn validate_names(&self) -> Result<(), InvalidName> {
+        validate_all(self.names())
+    }
+}
+
+impl SchedulerRequest {
+    /// Every object name the request carries, as [`PeerRequest::names`].
+    pub fn names(&self) -> Vec<&str> {
+        match self {
+            SchedulerRequest::Register { holdings, .. } => holdings.iter().map(|h| h.name.as_str()).collect(),
+            SchedulerRequest::Announce { holding, .. } => vec![holding.name.as_str()],
+            SchedulerRequest::Withdraw { name, .. }
+            | SchedulerRequest::Locate { name }
+            | SchedulerRequest::Wait { name, .. } => vec![name.as_str()],
+            SchedulerRequest::Place { spec } => spec.needs.iter().map(String::as_str).collect(),
+            SchedulerRequest::TransferReport { report, .. } => vec![report.name.as_str()],
+            SchedulerRequest::Heartbeat { .. } | SchedulerRequest::Nodes => Vec::new(),
+        }
+    }
+}
+
+/// A name from the wire that [`crate::name::validate`] refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid object name {name:?}: {reason}")]
+pub struct InvalidName {
+    pub name: String,
+    pub reason: crate::name::NameError,
+}
+
+/// Checks each name with [`crate::name::validate`]; the first bad one is the error.
+pub fn validate_all<'a>(names: impl IntoIterator<Item = &'a str>) -> Result<(), InvalidName> {
+    for name in names {
+        // Names longer than the limit are cut in the message, so an error stays small.
+        crate::name::validate(name).map_err(|reason| InvalidName {
+            name: name.chars().take(crate::name::MAX_NAME_LEN.min(128)).collect(),
+            reason,
+        })?;
+    }
+    Ok(())
+}
+
 /// What a peer reports of a finished pull.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct PullReport {
@@ -213,4 +272,38 @@ pub enum PeerResponse {
     Queued {
         count: u32,
     },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_peer_request_names_its_objects() {
+        let bad = "a/../b".to_string();
+        let origin = S3Origin { url: "s3://b/k".into(), etag: String::new(), size: 1 };
+        let manifest = Manifest::compute(b"x", 1024, 1).expect("manifest");
+        let requests = [
+            PeerRequest::Manifest { name: bad.clone() },
+            PeerRequest::Chunk { name: bad.clone(), index: 0 },
+            PeerRequest::Have { name: bad.clone() },
+            PeerRequest::Pull { name: bad.clone(), timeout_ms: 1, relay: true },
+            PeerRequest::FetchShare { name: bad.clone(), origin: origin.clone(), chunk_size: 1024, first: 0, end: 1 },
+            PeerRequest::CompleteShare { name: bad.clone(), manifest, origin, timeout_ms: 1 },
+            PeerRequest::DropShare { name: bad.clone() },
+            PeerRequest::Prefetch { names: vec!["ok".into(), bad.clone()] },
+        ];
+        for request in requests {
+            assert!(request.names().contains(&bad.as_str()), "{request:?}");
+            assert!(request.validate_names().is_err(), "{request:?}");
+        }
+        assert_eq!(PeerRequest::Manifest { name: "models/m".into() }.validate_names(), Ok(()));
+    }
+
+    #[test]
+    fn long_bad_names_are_cut_in_the_error() {
+        let long = format!("{}\n", "x".repeat(5000));
+        let err = validate_all([long.as_str()]).expect_err("too long");
+        assert!(err.name.len() <= 128);
+    }
 }

@@ -44,6 +44,28 @@ pub enum ManifestError {
     NoSuchChunk { index: u64, count: u64 },
     #[error("chunk {index} is {got} bytes, expected {expected}")]
     ChunkLength { index: u64, got: usize, expected: u64 },
+    #[error(
+        "chunks of {chunk_size} bytes for an object of {size} bytes: replication needs chunks of at least \
+         {MIN_REPLICATION_CHUNK_SIZE} bytes and at most {MAX_REPLICATION_CHUNKS} chunks"
+    )]
+    ChunkingForReplication { size: u64, chunk_size: u64 },
+}
+
+/// Smallest chunk a daemon uses, and accepts in a manifest from a peer. Tiny chunks from a
+/// peer would make a receiver track (and its pull plan weigh) millions of chunks.
+pub const MIN_REPLICATION_CHUNK_SIZE: u64 = 64 * 1024;
+/// Most chunks of one replicated object (1 TiB at 4 MiB chunks).
+pub const MAX_REPLICATION_CHUNKS: u64 = 1 << 18;
+
+/// The one rule for how an object may be cut for replication: [`check_chunk_size`], at
+/// least [`MIN_REPLICATION_CHUNK_SIZE`] per chunk and at most [`MAX_REPLICATION_CHUNKS`]
+/// chunks. Checked on every manifest a peer sends and on the daemon's own chunk size.
+pub fn check_replication_chunking(size: u64, chunk_size: u64) -> Result<(), ManifestError> {
+    check_chunk_size(chunk_size)?;
+    if chunk_size < MIN_REPLICATION_CHUNK_SIZE || chunk_count(size, chunk_size) > MAX_REPLICATION_CHUNKS {
+        return Err(ManifestError::ChunkingForReplication { size, chunk_size });
+    }
+    Ok(())
 }
 
 /// What a receiver needs to verify an object chunk by chunk.
@@ -149,8 +171,9 @@ impl Manifest {
 
     /// The byte range of chunk `index` within the object.
     pub fn chunk_range(&self, index: u64) -> std::ops::Range<u64> {
-        let start = index * self.chunk_size;
-        start..(start + self.chunk_size).min(self.size)
+        let start = index.saturating_mul(self.chunk_size);
+        // Saturating: a manifest from the wire may name sizes near u64::MAX.
+        start.min(self.size)..start.saturating_add(self.chunk_size).min(self.size)
     }
 
     /// Checks a received chunk against the manifest.

@@ -5,7 +5,7 @@ use thiserror::Error;
 /// Longest accepted name, in bytes.
 pub const MAX_NAME_LEN: usize = 1024;
 
-#[derive(Debug, Error, PartialEq, Eq)]
+#[derive(Debug, Clone, Error, PartialEq, Eq)]
 pub enum NameError {
     #[error("object name is empty")]
     Empty,

@@ -32,6 +32,11 @@ pub async fn write_frame<T: Serialize>(send: &mut quinn::SendStream, msg: &T) ->
     Ok(())
 }
 
+/// How far ahead of the bytes actually received a frame's buffer grows: a header that
+/// announces a large frame costs memory only as its bytes arrive, so many streams that
+/// announce 16 MiB and send nothing hold almost nothing.
+const READ_STEP: usize = 64 * 1024;
+
 /// Reads one frame.
 pub async fn read_frame<T: DeserializeOwned>(recv: &mut quinn::RecvStream) -> Result<T, RpcError> {
     let mut header = [0u8; 4];
@@ -40,9 +45,22 @@ pub async fn read_frame<T: DeserializeOwned>(recv: &mut quinn::RecvStream) -> Re
     if len > MAX_FRAME_LEN {
         return Err(RpcError::TooLarge(len));
     }
-    let mut body = vec![0u8; len];
-    recv.read_exact(&mut body).await?;
+    let mut body = Vec::with_capacity(len.min(READ_STEP));
+    while body.len() < len {
+        let start = body.len();
+        body.resize(start + (len - start).min(READ_STEP), 0);
+        recv.read_exact(&mut body[start..]).await?;
+    }
     frame::decode(&body).map_err(|e| RpcError::Malformed(e.to_string()))
+}
+
+/// [`read_frame`] that gives up after `limit` ([`RpcError::Timeout`]): what a server uses,
+/// so a peer that opens a stream and sends half a request holds nothing for long.
+pub async fn read_frame_within<T: DeserializeOwned>(
+    recv: &mut quinn::RecvStream,
+    limit: std::time::Duration,
+) -> Result<T, RpcError> {
+    tokio::time::timeout(limit, read_frame(recv)).await.map_err(|_| RpcError::Timeout)?
 }
 
 /// Sends `req` on a new stream and reads the response frame; the receive stream is returned

@@ -211,20 +211,25 @@ impl SchedulerClient {
     }
 
     /// The open connection, or a new one; `true` if it is new.
+    /// The cached connection if it is alive, else a new one. The slot is never locked
+    /// across the handshake (no lock is held across network I/O); two callers that connect
+    /// at once keep the first connection stored.
     async fn connection(&self) -> Result<(quinn::Connection, bool)> {
-        let mut slot = self.conn.lock().await;
-        if let Some(conn) = slot.as_ref()
-            && conn.close_reason().is_none()
-        {
-            return Ok((conn.clone(), false));
+        let live = |slot: &Option<quinn::Connection>| slot.as_ref().filter(|c| c.close_reason().is_none()).cloned();
+        if let Some(conn) = live(&*self.conn.lock().await) {
+            return Ok((conn, false));
         }
-        *slot = None;
         let connecting =
             self.endpoint.connect_with(self.config.clone(), self.addr, &self.server_name).map_err(RpcError::from)?;
         let conn = tokio::time::timeout(self.request_timeout, connecting)
             .await
             .map_err(|_| RpcError::Timeout)?
             .map_err(RpcError::from)?;
+        let mut slot = self.conn.lock().await;
+        if let Some(existing) = live(&slot) {
+            conn.close(quinn::VarInt::from_u32(0), b"duplicate");
+            return Ok((existing, false));
+        }
         *slot = Some(conn.clone());
         Ok((conn, true))
     }

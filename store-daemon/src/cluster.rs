@@ -43,7 +43,10 @@ pub struct ClusterConfig {
     /// Cap on bytes per second sent to peers (all uploads together).
     pub max_egress_rate: Option<u64>,
     pub heartbeat: Duration,
-    /// Fault injection for tests: flip a byte in every chunk served.
+    /// Fault injection for tests: flip a byte in every chunk served. Exists only in test
+    /// builds (feature `fault-injection`, which the tests crate enables); the shipped
+    /// daemon cannot serve a wrong byte on purpose.
+    #[cfg(feature = "fault-injection")]
     pub corrupt_served_chunks: bool,
 }
 
@@ -251,21 +254,30 @@ impl Cluster {
         self.sync_now.notify_one();
     }
 
-    /// A connection to `node` at `addr`, reusing a live one.
+    /// A connection to `node` at `addr`, reusing a live one. The table lock is never held
+    /// across the handshake: a node that announced an unreachable address costs only the
+    /// pulls that ask it, never the others.
     pub async fn connect(&self, node: &str, addr: SocketAddr) -> Result<quinn::Connection, String> {
-        let mut peers = self.peers.lock().await;
-        if let Some(conn) = peers.get(node)
-            && conn.close_reason().is_none()
-            && conn.remote_address() == addr
-        {
-            return Ok(conn.clone());
+        let live = |peers: &HashMap<NodeId, quinn::Connection>| {
+            peers.get(node).filter(|c| c.close_reason().is_none() && c.remote_address() == addr).cloned()
+        };
+        if let Some(conn) = live(&*self.peers.lock().await) {
+            return Ok(conn);
         }
         let connecting = self.endpoint.connect(addr, node).map_err(|e| format!("connect to {node} at {addr}: {e}"))?;
         let conn = tokio::time::timeout(Duration::from_secs(5), connecting)
             .await
             .map_err(|_| format!("connect to {node} at {addr}: timed out"))?
             .map_err(|e| format!("connect to {node} at {addr}: {e}"))?;
-        peers.insert(node.to_owned(), conn.clone());
+        {
+            let mut peers = self.peers.lock().await;
+            // Two pulls may have connected at once: keep the first, close ours.
+            if let Some(existing) = live(&peers) {
+                conn.close(quinn::VarInt::from_u32(0), b"duplicate");
+                return Ok(existing);
+            }
+            peers.insert(node.to_owned(), conn.clone());
+        }
         let open = self.metrics.peer_connection(crate::metrics::Direction::Out);
         let closed = conn.clone();
         tokio::spawn(async move {

@@ -29,6 +29,8 @@ pub struct DaemonConfig {
     pub s3: Option<store_client::s3::S3Config>,
     /// Limits on local clients (connections, unsealed objects, frame timeout).
     pub clients: crate::server::ClientLimits,
+    /// Which S3 objects local clients and peers may make this daemon read (`--s3-allow`).
+    pub s3_allow: crate::s3_ingest::S3AllowList,
 }
 
 impl DaemonConfig {
@@ -51,6 +53,7 @@ impl DaemonConfig {
             shutdown_grace: std::time::Duration::from_secs(30),
             s3: None,
             clients: crate::server::ClientLimits::default(),
+            s3_allow: crate::s3_ingest::S3AllowList::default(),
         }
     }
 

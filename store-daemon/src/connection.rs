@@ -126,13 +126,20 @@ impl FrameFds {
 
     /// The descriptor `req` takes, or why the request is refused.
     fn for_request(mut self, req: &Request) -> Result<Option<OwnedFd>, String> {
-        let takes = req.descriptors();
-        let came = if self.closed { format!("{} or more", self.came) } else { self.came.to_string() };
-        if self.closed || self.fds.len() != takes {
-            let takes = if takes == 0 { "no descriptor".to_owned() } else { format!("exactly {takes} descriptor") };
-            return Err(format!("the request takes {takes} and came with {came}; every one was closed"));
+        let takes = match req.descriptors() {
+            0 => "no descriptor".to_owned(),
+            n => format!("exactly {n} descriptor"),
+        };
+        if self.closed {
+            return Err(format!(
+                "the request takes {takes} and came with more than {MAX_FDS_PER_REQUEST}; every one was closed"
+            ));
         }
-        Ok(self.fds.pop())
+        match self.fds.len() {
+            n if n == req.descriptors() => Ok(self.fds.pop()),
+            0 => Err(format!("the request takes {takes} and came with none")),
+            n => Err(format!("the request takes {takes} and came with {n}; it was closed")),
+        }
     }
 }
 
@@ -289,7 +296,7 @@ impl Connection {
             Ok(fd) => fd,
             // Never answered, so refused without a word.
             Err(message) if matches!(req, Request::Release { .. }) => {
-                warn!(conn_id = self.id, %message, "release refused");
+                debug!(conn_id = self.id, %message, "release refused");
                 return Ok(());
             }
             Err(message) => return self.send_error(ErrorCode::BadDescriptor, message).await,

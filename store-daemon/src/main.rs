@@ -68,7 +68,9 @@ struct Args {
     /// Heartbeat interval to the scheduler, in milliseconds.
     #[arg(long, env = "STORE_HEARTBEAT_MS", default_value_t = 1000)]
     heartbeat_ms: u64,
-    /// Fault injection for tests: corrupt every chunk served to peers.
+    /// Fault injection for tests: corrupt every chunk served to peers (test builds only:
+    /// feature `fault-injection`).
+    #[cfg(feature = "fault-injection")]
     #[arg(long, env = "STORE_FAULT_CORRUPT_CHUNKS", hide = true)]
     fault_corrupt_chunks: bool,
     /// TCP address for Prometheus `/metrics`, e.g. 127.0.0.1:9701 [default: no metrics endpoint].
@@ -111,6 +113,10 @@ struct Args {
     /// Attempts per S3 request (and per part without progress) before giving up.
     #[arg(long, env = store_client::s3::MAX_ATTEMPTS_ENV, default_value_t = 8)]
     s3_max_attempts: u32,
+    /// S3 objects local clients and peers may make this daemon read: BUCKET, BUCKET/PREFIX
+    /// or *, comma-separated [default: any the credentials can read].
+    #[arg(long = "s3-allow", env = "STORE_S3_ALLOW", value_delimiter = ',')]
+    s3_allow: Vec<String>,
 }
 
 /// The S3 client settings from the `--s3-*` flags (each with its `STORE_S3_*` variable).
@@ -191,6 +197,7 @@ fn cluster_config(args: &Args) -> anyhow::Result<Option<ClusterConfig>> {
         resources,
         max_egress_rate,
         heartbeat: std::time::Duration::from_millis(args.heartbeat_ms.max(50)),
+        #[cfg(feature = "fault-injection")]
         corrupt_served_chunks: args.fault_corrupt_chunks,
     }))
 }
@@ -199,10 +206,13 @@ fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     store_daemon::service::init_logging(&args.log).context("bad --log filter")?;
     let chunk_size = args.chunk_size.as_u64();
-    anyhow::ensure!(
-        chunk_size.is_power_of_two() && chunk_size >= 1024,
-        "--chunk-size must be a power of two of at least 1 KiB"
-    );
+    store_client::manifest::check_chunk_size(chunk_size)
+        .and_then(|()| {
+            (chunk_size >= store_client::manifest::MIN_REPLICATION_CHUNK_SIZE)
+                .then_some(())
+                .ok_or(store_client::manifest::ManifestError::ChunkingForReplication { size: 0, chunk_size })
+        })
+        .context("bad --chunk-size")?;
     let mut config = DaemonConfig::new(
         args.socket.clone().unwrap_or_else(store_client::default_socket_path),
         args.capacity.as_u64(),
@@ -227,6 +237,7 @@ fn main() -> anyhow::Result<()> {
         frame_timeout: std::time::Duration::from_millis(args.frame_timeout_ms.max(1)),
     };
     config.s3 = Some(s3_config(&args).context("bad --s3-* setting")?);
+    config.s3_allow = store_daemon::s3_ingest::S3AllowList::parse(&args.s3_allow).map_err(anyhow::Error::msg)?;
 
     let fd_limit = store_daemon::server::raise_fd_limit();
     tracing::info!(fd_limit, "open-file limit (one descriptor per object)");

@@ -38,6 +38,8 @@ pub enum S3IngestError {
     Hasher,
     #[error("chunks {first}..{end} are not a share of an object of {count} chunks")]
     Share { first: u64, end: u64, count: u64 },
+    #[error("{url} is not on this daemon's S3 allow-list (--s3-allow)")]
+    NotAllowed { url: String },
 }
 
 impl S3IngestError {
@@ -50,6 +52,7 @@ impl S3IngestError {
             S3IngestError::Io(_) | S3IngestError::Seal(_) => ErrorCode::Io,
             S3IngestError::Manifest(_) | S3IngestError::Hasher => ErrorCode::Internal,
             S3IngestError::Share { .. } => ErrorCode::BadRequest,
+            S3IngestError::NotAllowed { .. } => ErrorCode::PermissionDenied,
         }
     }
 }
@@ -64,10 +67,45 @@ pub struct Fetched {
     pub stats: DownloadStats,
 }
 
+/// Which S3 objects this daemon may be asked to read, by a local client or by a peer
+/// (`--s3-allow`): entries `bucket` (any key), `bucket/prefix` (keys starting with
+/// `prefix`, compared as strings: end it with `/` for a folder) or `*`. Empty: any object
+/// the daemon's credentials can read (the trust model in README.md says why that is the
+/// default and when to set it).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct S3AllowList {
+    /// (bucket, key prefix); bucket `*` matches every bucket.
+    entries: Vec<(String, String)>,
+}
+
+impl S3AllowList {
+    pub fn parse<S: AsRef<str>>(items: &[S]) -> Result<Self, String> {
+        let mut entries = Vec::new();
+        for item in items.iter().map(|i| i.as_ref().trim()).filter(|i| !i.is_empty()) {
+            let item = item.strip_prefix("s3://").unwrap_or(item);
+            let (bucket, prefix) = item.split_once('/').unwrap_or((item, ""));
+            if bucket.is_empty() || (bucket == "*" && !prefix.is_empty()) {
+                return Err(format!("bad --s3-allow entry {item:?}: expected BUCKET, BUCKET/PREFIX or *"));
+            }
+            entries.push((bucket.to_owned(), prefix.to_owned()));
+        }
+        Ok(Self { entries })
+    }
+
+    pub fn allows(&self, url: &S3Url) -> bool {
+        self.entries.is_empty()
+            || self.entries.iter().any(|(bucket, prefix)| {
+                bucket == "*" || (*bucket == url.bucket && url.key.starts_with(prefix.as_str()))
+            })
+    }
+}
+
 /// The daemon's S3 side: one client for its life, and where objects came from.
 #[derive(Debug, Default)]
 pub struct S3Ingest {
     reader: OnceCell<S3Reader>,
+    /// Every read goes through [`Self::parse_allowed`], which checks this.
+    allow: S3AllowList,
     origins: Mutex<HashMap<ObjectId, S3Origin>>,
     /// The daemon's `--s3-*` settings; `None`: from the environment.
     config: Option<S3Config>,
@@ -75,8 +113,17 @@ pub struct S3Ingest {
 }
 
 impl S3Ingest {
-    pub fn new(config: Option<S3Config>, metrics: Arc<crate::metrics::DaemonMetrics>) -> Self {
-        Self { config, metrics, ..Self::default() }
+    pub fn new(config: Option<S3Config>, allow: S3AllowList, metrics: Arc<crate::metrics::DaemonMetrics>) -> Self {
+        Self { config, allow, metrics, ..Self::default() }
+    }
+
+    /// Parses `url` and checks it against the allow-list: the one door of every S3 read.
+    fn parse_allowed(&self, url: &str) -> Result<S3Url, S3IngestError> {
+        let parsed: S3Url = url.parse()?;
+        if !self.allow.allows(&parsed) {
+            return Err(S3IngestError::NotAllowed { url: parsed.to_string() });
+        }
+        Ok(parsed)
     }
 
     async fn reader(&self) -> Result<&S3Reader, S3Error> {
@@ -111,7 +158,7 @@ impl S3Ingest {
 
     /// Size and ETag of the object at `url`.
     pub async fn head(&self, url: &str) -> Result<S3Origin, S3IngestError> {
-        let parsed: S3Url = url.parse()?;
+        let parsed = self.parse_allowed(url)?;
         let meta = self.reader().await?.head(&parsed).await?;
         Ok(S3Origin { url: parsed.to_string(), etag: meta.etag, size: meta.size })
     }
@@ -125,7 +172,7 @@ impl S3Ingest {
         concurrency: Option<u32>,
         room: impl FnOnce(u64) -> Result<(), crate::store::StoreError>,
     ) -> Result<Result<Fetched, crate::store::StoreError>, S3IngestError> {
-        let parsed: S3Url = url.parse()?;
+        let parsed = self.parse_allowed(url)?;
         let reader = self.reader_with(part_size, concurrency).await?;
         let meta = reader.head(&parsed).await?;
         if let Err(e) = room(meta.size) {
@@ -152,7 +199,7 @@ impl S3Ingest {
         into: Option<(OwnedFd, ReadOnlyMapping)>,
         room: impl FnOnce(u64) -> Result<(), crate::store::StoreError>,
     ) -> Result<Result<Filled, crate::store::StoreError>, S3IngestError> {
-        let parsed: S3Url = origin.url.parse()?;
+        let parsed = self.parse_allowed(&origin.url)?;
         let reader = self.reader().await?.clone();
         let meta = ObjectMeta { size: origin.size, etag: origin.etag.clone() };
         if into.is_none()
@@ -167,7 +214,7 @@ impl S3Ingest {
     /// Reads bytes `range` of the object `origin` names into `dst` (its length): a receiver
     /// whose peers hold no copy of some chunks falls back to the S3 object they came from.
     pub async fn read_range(&self, origin: &S3Origin, offset: u64, dst: &mut [u8]) -> Result<u64, S3IngestError> {
-        let parsed: S3Url = origin.url.parse()?;
+        let parsed = self.parse_allowed(&origin.url)?;
         let meta = ObjectMeta { size: origin.size, etag: origin.etag.clone() };
         let counted = |_, len| self.count_landed(len);
         let stats = self.reader().await?.download_range_into(&parsed, &meta, offset, dst, &counted).await?;
@@ -281,4 +328,27 @@ async fn fill_and_hash(
 /// Seconds since `start`, for reports.
 pub fn seconds_since(start: Instant) -> f64 {
     start.elapsed().as_secs_f64()
+}
+
+#[cfg(test)]
+mod allow_list_tests {
+    use super::*;
+
+    fn url(s: &str) -> S3Url {
+        s.parse().expect("url")
+    }
+
+    #[test]
+    fn empty_allows_everything_and_entries_restrict() {
+        assert!(S3AllowList::default().allows(&url("s3://any/key")));
+        let list = S3AllowList::parse(&["models", "data/public/", " "]).expect("parse");
+        assert!(list.allows(&url("s3://models/x")));
+        assert!(list.allows(&url("s3://data/public/a.bin")));
+        assert!(!list.allows(&url("s3://data/private/a.bin")));
+        assert!(!list.allows(&url("s3://other/x")));
+        assert!(S3AllowList::parse(&["*"]).expect("parse").allows(&url("s3://x/y")));
+        assert!(S3AllowList::parse(&["s3://models"]).expect("parse").allows(&url("s3://models/y")));
+        assert!(S3AllowList::parse(&["*/x"]).is_err());
+        assert!(S3AllowList::parse(&["/x"]).is_err());
+    }
 }

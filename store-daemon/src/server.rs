@@ -82,7 +82,7 @@ impl Shared {
     pub fn new(config: DaemonConfig) -> Self {
         let store = Store::new(config.capacity, config.chunk_size);
         let metrics = Arc::new(DaemonMetrics::new());
-        let s3 = crate::s3_ingest::S3Ingest::new(config.s3.clone(), metrics.clone());
+        let s3 = crate::s3_ingest::S3Ingest::new(config.s3.clone(), config.s3_allow.clone(), metrics.clone());
         let client_slots = Arc::new(Semaphore::new(config.clients.max_clients.min(Semaphore::MAX_PERMITS)));
         Self {
             config,

@@ -344,8 +344,7 @@ fn check_consumers(daemon: &Daemon, name: &str, info: &ObjectInfo, data: &[u8], 
     }
 }
 
-/// A memfd that the kernel gives `F_ADD_SEALS`-able descriptors for, opened again through
-/// /proc read-only.
+/// The file behind `fd` opened again through /proc with `flags` (e.g. read-only).
 fn reopen(fd: &OwnedFd, flags: OFlag) -> OwnedFd {
     let path = format!("/proc/self/fd/{}", fd.as_raw_fd());
     nix::fcntl::open(path.as_str(), flags | OFlag::O_CLOEXEC, Mode::empty()).unwrap()
@@ -444,15 +443,8 @@ fn growing_a_created_object_is_refused_and_capacity_holds() {
     // The accounting is the pinned size: 3 MiB more fit, 3 MiB + 1 byte do not.
     assert_eq!(store_code(client.put("over", &pattern(3 * MIB + 1, 4))), ErrorCode::StoreFull);
     client.put("fits", &pattern(3 * MIB, 4)).unwrap();
-    daemon.assert_healthy_after_delete("fits");
-}
-
-impl Daemon {
-    /// [`Daemon::assert_healthy`] once `name` is deleted to make room for the round trip.
-    fn assert_healthy_after_delete(&mut self, name: &str) {
-        self.client().delete(name).unwrap();
-        self.assert_healthy();
-    }
+    client.delete("fits").unwrap(); // room for the bystander
+    daemon.assert_healthy();
 }
 
 /// A writable shared mapping kept at seal time makes the seal fail with a clear error (the

@@ -36,6 +36,16 @@ use crate::store::StoreError;
 /// died between the phases).
 const STAGED_TTL: Duration = Duration::from_secs(600);
 
+/// Who asked for a share: this daemon (it coordinates the fetch) or a peer, named by the
+/// certificate it authenticated with. Only the coordinator that staged a share may complete
+/// or drop it: another certificate holder cannot bind or discard someone else's fetch.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Coordinator {
+    Local,
+    /// The peer's end-entity certificate (DER).
+    Peer(Arc<[u8]>),
+}
+
 /// A node's share of a cooperative fetch, between the phases: usually one range of chunks,
 /// more when it took over the share of a node that failed.
 #[derive(Debug)]
@@ -48,6 +58,7 @@ pub struct StagedShare {
     origin: S3Origin,
     chunk_size: u64,
     generation: u64,
+    coordinator: Coordinator,
 }
 
 /// Contiguous shares of `count` chunks for `nodes` nodes, as even as can be.
@@ -65,9 +76,11 @@ impl Cluster {
         origin: S3Origin,
         chunk_size: u64,
         chunks: Range<u64>,
+        coordinator: Coordinator,
     ) -> Result<(Vec<Digest>, u64, f64), PullError> {
         let started = Instant::now();
-        manifest::check_chunk_size(chunk_size).map_err(|e| PullError::BadRequest(e.to_string()))?;
+        manifest::check_replication_chunking(origin.size, chunk_size)
+            .map_err(|e| PullError::BadRequest(e.to_string()))?;
         let shared = self.shared()?;
         if shared.store().is_bound(name) {
             return Err(PullError::Store(StoreError::AlreadyExists(name.to_owned()).to_string()));
@@ -80,6 +93,7 @@ impl Cluster {
                 None => None,
                 Some(s)
                     if s.origin == origin
+                        && s.coordinator == coordinator
                         && s.chunk_size == chunk_size
                         && s.ranges.iter().all(|(r, _)| r.end <= chunks.start || chunks.end <= r.start) =>
                 {
@@ -114,6 +128,7 @@ impl Cluster {
             origin,
             chunk_size,
             generation,
+            coordinator,
         };
         {
             let mut staged = self.staged.lock().unwrap_or_else(|p| p.into_inner());
@@ -145,21 +160,38 @@ impl Cluster {
         manifest: Manifest,
         origin: S3Origin,
         timeout: Duration,
+        coordinator: Coordinator,
     ) -> Result<PullReport, PullError> {
         // The manifest comes from a peer: it must describe the S3 object and hash to its root.
+        store_client::manifest::check_replication_chunking(manifest.size, manifest.chunk_size)
+            .map_err(|e| PullError::BadRequest(e.to_string()))?;
         let consistent = Manifest::from_chunk_hashes(manifest.size, manifest.chunk_size, manifest.chunks.clone())
             .is_ok_and(|check| check.root == manifest.root && manifest.size == origin.size);
         if !consistent {
             return Err(PullError::BadRequest(format!("the manifest sent for {name:?} is inconsistent")));
         }
-        let share = self.staged.lock().unwrap_or_else(|p| p.into_inner()).remove(name);
+        let share = {
+            let mut staged = self.staged.lock().unwrap_or_else(|p| p.into_inner());
+            match staged.get(name) {
+                Some(s) if s.coordinator != coordinator => {
+                    return Err(PullError::BadRequest(format!(
+                        "the share of {name:?} staged here belongs to another coordinator"
+                    )));
+                }
+                Some(_) => staged.remove(name),
+                None => None,
+            }
+        };
         let share = share.filter(|s| s.origin == origin);
         self.pull_with(name, timeout, PullStart::Share { share, manifest, origin }).await
     }
 
-    /// Forgets the staged share of `name`, if any.
-    pub fn drop_share(&self, name: &str) {
-        self.staged.lock().unwrap_or_else(|p| p.into_inner()).remove(name);
+    /// Forgets the staged share of `name`, if `coordinator` staged it.
+    pub fn drop_share(&self, name: &str, coordinator: &Coordinator) {
+        let mut staged = self.staged.lock().unwrap_or_else(|p| p.into_inner());
+        if staged.get(name).is_some_and(|s| s.coordinator == *coordinator) {
+            staged.remove(name);
+        }
     }
 
     /// Has `nodes` (every live node if `None`) load `url` into `name` cooperatively.
@@ -199,7 +231,10 @@ impl Cluster {
             let left = deadline.saturating_duration_since(Instant::now());
             fetching.spawn(async move {
                 let result = if node == cluster.config.node_id {
-                    cluster.fetch_share(&name, origin, chunk_size, chunks.clone()).await.map_err(|e| e.to_string())
+                    cluster
+                        .fetch_share(&name, origin, chunk_size, chunks.clone(), Coordinator::Local)
+                        .await
+                        .map_err(|e| e.to_string())
                 } else {
                     let req =
                         PeerRequest::FetchShare { name, origin, chunk_size, first: chunks.start, end: chunks.end };
@@ -248,7 +283,9 @@ impl Cluster {
             warn!(%node, %substitute, error = %why, "cooperative share failed; another node takes it over");
             let left = deadline.saturating_duration_since(Instant::now());
             let result = if *substitute == self.config.node_id {
-                self.fetch_share(name, origin.clone(), chunk_size, chunks.clone()).await.map_err(|e| e.to_string())
+                self.fetch_share(name, origin.clone(), chunk_size, chunks.clone(), Coordinator::Local)
+                    .await
+                    .map_err(|e| e.to_string())
             } else {
                 let req = PeerRequest::FetchShare {
                     name: name.to_owned(),
@@ -306,7 +343,10 @@ impl Cluster {
             let left = deadline.saturating_duration_since(Instant::now());
             completing.spawn(async move {
                 let result = if node == cluster.config.node_id {
-                    cluster.complete_share(&name, manifest, origin, left).await.map_err(|e| e.to_string())
+                    cluster
+                        .complete_share(&name, manifest, origin, left, Coordinator::Local)
+                        .await
+                        .map_err(|e| e.to_string())
                 } else {
                     let timeout_ms = left.as_millis() as u64;
                     let req = PeerRequest::CompleteShare { name, manifest, origin, timeout_ms };
@@ -363,7 +403,7 @@ impl Cluster {
             let (cluster, node, name, addr) = (self.clone(), node.clone(), name.to_owned(), addrs[node]);
             dropping.spawn(async move {
                 if node == cluster.config.node_id {
-                    cluster.drop_share(&name);
+                    cluster.drop_share(&name, &Coordinator::Local);
                 } else if let Err(e) =
                     cluster.ask_peer(&node, addr, &PeerRequest::DropShare { name }, Duration::from_secs(5)).await
                 {

@@ -30,6 +30,9 @@ pub const PREFETCH_CONCURRENCY: usize = 2;
 const PREFETCH_TIMEOUT: Duration = Duration::from_secs(3600);
 /// Longest a chosen node may take to accept a prefetch request.
 const PREFETCH_ASK_TIMEOUT: Duration = Duration::from_secs(10);
+/// Most names waiting to be prefetched; names asked for beyond it are not queued (the
+/// task's own `get` pulls them), so a peer cannot grow the queue without bound.
+pub const MAX_PREFETCH_QUEUE: usize = 4096;
 
 /// Names waiting to be prefetched, and the workers pulling them.
 #[derive(Debug, Default)]
@@ -100,6 +103,10 @@ impl Cluster {
         let mut q = self.prefetch.lock().unwrap_or_else(|p| p.into_inner());
         let mut queued = 0;
         for name in names {
+            if q.queue.len() >= MAX_PREFETCH_QUEUE {
+                warn!(limit = MAX_PREFETCH_QUEUE, "prefetch queue full: further names not queued");
+                break;
+            }
             if store_client::name::validate(&name).is_err()
                 || shared.store().has_sealed(&name)
                 || q.queue.contains(&name)

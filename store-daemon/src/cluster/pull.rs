@@ -1,9 +1,13 @@
 //! Pulling an object from peers: the tokio driver of [`PullPlan`]. It only moves bytes:
 //! which chunk to ask whom is the plan's decision.
 //!
-//! Received bytes go straight into the destination memfd (`pwrite`); each chunk is verified
-//! against the manifest before it counts, is served on to other receivers, and only a
-//! complete, verified object is sealed. Any failure drops the partial object.
+//! Received bytes are collected per chunk and verified against the manifest before they
+//! touch the destination memfd; the first verified copy of a chunk claims it and is written
+//! (`pwrite`), any later copy (a fetch superseded by a timeout, a second holder) is dropped,
+//! so no unverified byte ever lands where a verified chunk or a consumer could see it. A
+//! received chunk counts, and is served on to other receivers, only once written. The
+//! complete object is sealed and then hashed once more as a whole against the manifest's
+//! root before it is bound; any failure drops the partial object.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
@@ -12,7 +16,7 @@ use std::ops::Range;
 use std::os::fd::AsFd;
 use std::os::unix::fs::FileExt;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use store_client::cluster::{Location, NodeId, PeerRequest, PeerResponse, PullReport};
@@ -71,6 +75,32 @@ struct Target {
     file: Arc<File>,
     mapping: Arc<ReadOnlyMapping>,
     manifest: Arc<Manifest>,
+    /// Per chunk: a verified copy has claimed the right to write it.
+    claimed: Arc<[AtomicBool]>,
+}
+
+impl Target {
+    /// Writes `bytes`, already verified as chunk `index`, unless another verified copy
+    /// claimed the chunk first; returns whether this copy was written.
+    fn write_verified(&self, index: u64, bytes: &[u8]) -> std::io::Result<bool> {
+        let Some(claim) = self.claimed.get(index as usize) else { return Ok(false) };
+        if claim.swap(true, Ordering::AcqRel) {
+            return Ok(false);
+        }
+        let start = self.manifest.chunk_range(index).start;
+        if let Err(e) = self.file.write_all_at(bytes, start) {
+            // Let another copy try.
+            claim.store(false, Ordering::Release);
+            return Err(e);
+        }
+        Ok(true)
+    }
+}
+
+/// Whether the sealed bytes hash to the manifest's root: the last check before an object
+/// received from peers is bound under its name.
+fn sealed_bytes_match(bytes: &[u8], manifest: &Manifest, threads: usize) -> bool {
+    Manifest::compute(bytes, manifest.chunk_size, threads).is_ok_and(|m| m.root == manifest.root)
 }
 
 impl Cluster {
@@ -165,6 +195,10 @@ impl Cluster {
                 Ok(Ok((m, origin))) => {
                     // The chunk list must hash to the root the scheduler knows, and the
                     // manifest must describe the object the holder announced.
+                    if let Err(e) = store_client::manifest::check_replication_chunking(m.size, m.chunk_size) {
+                        last_error = format!("{} sent a manifest this node refuses: {e}", loc.node);
+                        continue;
+                    }
                     match Manifest::from_chunk_hashes(m.size, m.chunk_size, m.chunks.clone()) {
                         Ok(check) if check.root == m.root && m.root == loc.root && m.size == loc.size => {
                             let origin = origin.filter(|o| o.size == m.size);
@@ -233,7 +267,14 @@ impl Cluster {
         let Some(view) = shared.store().peer_view(name) else {
             return Err(PullError::Store("object vanished while starting to receive it".into()));
         };
-        let target = Target { name: name.to_owned(), file, mapping: view.mapping, manifest: Arc::new(manifest) };
+        let claimed: Arc<[AtomicBool]> = (0..manifest.chunk_count()).map(|_| AtomicBool::new(false)).collect();
+        for index in held.iter().flat_map(Range::clone) {
+            if let Some(claim) = claimed.get(index as usize) {
+                claim.store(true, Ordering::Release);
+            }
+        }
+        let target =
+            Target { name: name.to_owned(), file, mapping: view.mapping, manifest: Arc::new(manifest), claimed };
         self.sync_soon();
 
         // For the scheduler's bandwidth estimate: when the transfer began, and what the node
@@ -247,7 +288,7 @@ impl Cluster {
         let result = match outcome {
             Ok(mut received) => {
                 received.s3_bytes += share_bytes;
-                self.seal_received(&shared, id, name).map(|()| {
+                self.seal_received(&shared, id, &target).await.map(|()| {
                     if let Some(origin) = origin {
                         shared.s3().record(id, origin);
                     }
@@ -287,10 +328,21 @@ impl Cluster {
         Ok(locations)
     }
 
-    fn seal_received(&self, shared: &Shared, id: u64, name: &str) -> Result<(), PullError> {
+    async fn seal_received(&self, shared: &Shared, id: u64, target: &Target) -> Result<(), PullError> {
+        let name = &target.name;
         let segment =
             shared.store().receiving_segment(id).ok_or_else(|| PullError::Store(format!("{name:?} was dropped")))?;
         sys::seal_immutable(segment.as_fd()).map_err(|e| PullError::Io(e.to_string()))?;
+        // Sealed: these bytes can no longer change. Hash them whole once before binding.
+        let (mapping, manifest) = (target.mapping.clone(), target.manifest.clone());
+        let threads = shared.config.hash_threads;
+        let matches = tokio::task::spawn_blocking(move || sealed_bytes_match(&mapping[..], &manifest, threads))
+            .await
+            .map_err(|e| PullError::Io(format!("verification task failed: {e}")))?;
+        if !matches {
+            self.metrics.chunk_verify_failed();
+            return Err(PullError::Io(format!("the received bytes of {name:?} do not hash to its root; not sealed")));
+        }
         shared.store().finish_receive(id).map_err(|e| PullError::Store(e.to_string()))?;
         shared.notify_sealed();
         Ok(())
@@ -546,9 +598,10 @@ async fn fetch_from_origin(shared: &Shared, target: &Target, origin: &S3Origin, 
     let range = target.manifest.chunk_range(index);
     let mut bytes = vec![0u8; (range.end - range.start) as usize];
     let read = shared.s3().read_range(origin, range.start, &mut bytes).await.map_err(|e| e.to_string())?;
-    let (manifest, file) = (target.manifest.clone(), target.file.clone());
+    let manifest = target.manifest.clone();
+    let target = target.clone();
     tokio::task::spawn_blocking(move || match manifest.verify_chunk(index, &bytes) {
-        Ok(true) => file.write_all_at(&bytes, range.start).map_err(|e| format!("writing the chunk: {e}")),
+        Ok(true) => target.write_verified(index, &bytes).map(drop).map_err(|e| format!("writing the chunk: {e}")),
         Ok(false) => Err("the origin's bytes do not match the manifest".to_owned()),
         Err(e) => Err(e.to_string()),
     })
@@ -585,30 +638,66 @@ async fn fetch_chunk(conn: &quinn::Connection, target: &Target, index: u64) -> R
         PeerResponse::NotHeld => return Err(FetchError::NotHeld),
         other => return Err(transport(format!("unexpected answer {other:?}"))),
     }
-    let mut written = 0u64;
-    while written < len {
-        let piece = tokio::time::timeout(STALL, recv.read_chunk((len - written) as usize, true))
+    // Collected apart from the object: nothing unverified reaches its memfd.
+    let mut bytes = Vec::with_capacity(len as usize);
+    while (bytes.len() as u64) < len {
+        let piece = tokio::time::timeout(STALL, recv.read_chunk((len - bytes.len() as u64) as usize, true))
             .await
             .map_err(|_| FetchError::Transport { lost: true, message: format!("stalled for {STALL:?}") })?
             .map_err(|e| FetchError::Transport { lost: conn.close_reason().is_some(), message: e.to_string() })?;
         let Some(piece) = piece else {
-            return Err(transport(format!("stream ended after {written} of {len} bytes")));
+            return Err(transport(format!("stream ended after {} of {len} bytes", bytes.len())));
         };
-        target
-            .file
-            .write_all_at(&piece.bytes, range.start + written)
-            .map_err(|e| transport(format!("writing the chunk: {e}")))?;
-        written += piece.bytes.len() as u64;
+        bytes.extend_from_slice(&piece.bytes);
     }
-    let (mapping, manifest) = (target.mapping.clone(), target.manifest.clone());
-    let verified = tokio::task::spawn_blocking(move || {
-        manifest.verify_chunk(index, &mapping[range.start as usize..range.end as usize])
-    })
-    .await
-    .map_err(|e| transport(format!("verification task failed: {e}")))?;
-    match verified {
-        Ok(true) => Ok(len),
+    let target = target.clone();
+    let written = tokio::task::spawn_blocking(move || match target.manifest.verify_chunk(index, &bytes) {
+        Ok(true) => target.write_verified(index, &bytes).map_err(|e| transport(format!("writing the chunk: {e}"))),
         Ok(false) => Err(FetchError::Corrupt("hash mismatch".into())),
         Err(e) => Err(FetchError::Corrupt(e.to_string())),
+    })
+    .await
+    .map_err(|e| transport(format!("verification task failed: {e}")))??;
+    // A copy that lost the race to another verified copy carried the same bytes: it counts
+    // as received traffic, and the chunk is held either way.
+    let _ = written;
+    Ok(len)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_sealed_object_is_checked_whole_against_its_root() {
+        let data: Vec<u8> = (0..(3 << 16) + 17).map(|i: u32| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+        let manifest = Manifest::compute(&data, 1 << 16, 2).expect("manifest");
+        assert!(sealed_bytes_match(&data, &manifest, 2));
+        let mut late_write = data.clone();
+        late_write[(1 << 16) + 5] ^= 1;
+        assert!(!sealed_bytes_match(&late_write, &manifest, 2), "one flipped byte in a verified chunk");
+        assert!(!sealed_bytes_match(&data[..data.len() - 1], &manifest, 2), "a short object");
+    }
+
+    #[test]
+    fn only_the_first_verified_copy_of_a_chunk_is_written() {
+        let data = vec![7u8; 3 << 16];
+        let manifest = Manifest::compute(&data, 1 << 16, 1).expect("manifest");
+        let fd = sys::create_memfd(data.len() as u64).expect("memfd");
+        let mapping = ReadOnlyMapping::new_exclusive(fd.as_fd(), data.len() as u64).expect("map");
+        let claimed: Arc<[AtomicBool]> = (0..3).map(|_| AtomicBool::new(false)).collect();
+        let target = Target {
+            name: "x".into(),
+            file: Arc::new(File::from(fd)),
+            mapping: Arc::new(mapping),
+            manifest: Arc::new(manifest),
+            claimed,
+        };
+        let chunk = &data[..1 << 16];
+        assert!(target.write_verified(0, chunk).expect("write"));
+        // A later copy never overwrites, whatever it carries.
+        assert!(!target.write_verified(0, &vec![9u8; 1 << 16]).expect("write"));
+        assert_eq!(&target.mapping[..1 << 16], chunk);
+        assert!(!target.write_verified(99, chunk).expect("out of range"));
     }
 }

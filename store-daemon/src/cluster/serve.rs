@@ -11,20 +11,34 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, warn};
 
+use super::cooperative::Coordinator;
 use super::{Cluster, SEND_SLICE};
 use crate::metrics::{Direction, Source};
 
+/// How long a peer may take to send a whole request frame once it opened a stream.
+pub const REQUEST_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// Peer connections served at once; more are refused at the door (a cluster has one per
+/// peer node, so this is far above any honest need).
+pub const MAX_PEER_CONNECTIONS: usize = 4096;
+
 /// Accepts peer connections until `shutdown`.
 pub async fn accept_loop(cluster: Arc<Cluster>, shutdown: CancellationToken, tracker: TaskTracker) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_PEER_CONNECTIONS));
     loop {
         let incoming = tokio::select! {
             _ = shutdown.cancelled() => return,
             incoming = cluster.endpoint.accept() => incoming,
         };
         let Some(incoming) = incoming else { return };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            warn!(remote = %incoming.remote_address(), "refused a peer connection: {MAX_PEER_CONNECTIONS} already open");
+            incoming.refuse();
+            continue;
+        };
         let cluster = cluster.clone();
         let shutdown = shutdown.clone();
         tracker.spawn(async move {
+            let _slot = slot;
             let conn = match incoming.await {
                 Ok(conn) => conn,
                 Err(e) => {
@@ -38,8 +52,21 @@ pub async fn accept_loop(cluster: Arc<Cluster>, shutdown: CancellationToken, tra
     }
 }
 
+/// The peer's end-entity certificate: who asks, for requests that only the asker of an
+/// earlier one may follow up (a cooperative share's second phase).
+fn peer_certificate(conn: &quinn::Connection) -> Coordinator {
+    let der = conn
+        .peer_identity()
+        .and_then(|identity| identity.downcast::<Vec<rustls::pki_types::CertificateDer<'static>>>().ok())
+        .and_then(|chain| chain.first().map(|cert| Arc::<[u8]>::from(cert.as_ref())));
+    // The TLS configuration demands a client certificate, so there always is one; an empty
+    // identity matches no staged share but an empty one.
+    Coordinator::Peer(der.unwrap_or_else(|| Arc::from(&[][..])))
+}
+
 async fn serve_connection(cluster: Arc<Cluster>, conn: quinn::Connection, shutdown: CancellationToken) {
     let _open = cluster.metrics.peer_connection(Direction::In);
+    let asker = peer_certificate(&conn);
     let streams = TaskTracker::new();
     loop {
         let stream = tokio::select! {
@@ -49,8 +76,9 @@ async fn serve_connection(cluster: Arc<Cluster>, conn: quinn::Connection, shutdo
         match stream {
             Ok((send, recv)) => {
                 let cluster = cluster.clone();
+                let asker = asker.clone();
                 streams.spawn(async move {
-                    if let Err(e) = serve_stream(&cluster, send, recv).await {
+                    if let Err(e) = serve_stream(&cluster, &asker, send, recv).await {
                         debug!(error = %e, "peer stream ended with an error");
                     }
                 });
@@ -75,10 +103,11 @@ impl Drop for UploadGuard<'_> {
 
 async fn serve_stream(
     cluster: &Arc<Cluster>,
+    asker: &Coordinator,
     mut send: quinn::SendStream,
     mut recv: quinn::RecvStream,
 ) -> Result<(), RpcError> {
-    let request: PeerRequest = match rpc::read_frame(&mut recv).await {
+    let request: PeerRequest = match rpc::read_frame_within(&mut recv, REQUEST_READ_TIMEOUT).await {
         Ok(r) => r,
         Err(RpcError::Malformed(m)) => {
             rpc::write_frame(&mut send, &PeerResponse::Error { message: format!("malformed request: {m}") }).await?;
@@ -87,6 +116,12 @@ async fn serve_stream(
         }
         Err(e) => return Err(e),
     };
+    // The one name check, before anything looks a name up, stages memory or asks S3.
+    if let Err(e) = request.validate_names() {
+        rpc::write_frame(&mut send, &PeerResponse::Error { message: e.to_string() }).await?;
+        send.finish()?;
+        return Ok(());
+    }
     let Some(shared) = cluster.shared.upgrade() else {
         rpc::write_frame(&mut send, &PeerResponse::Error { message: "shutting down".into() }).await?;
         return Ok(());
@@ -134,7 +169,7 @@ async fn serve_stream(
                     // Pieces never exceed the burst, so this cannot fail.
                     let _ = limiter.until_n_ready(cells).await;
                 }
-                if cluster.config.corrupt_served_chunks && n == 0 {
+                if corrupts_served_chunks(cluster) && n == 0 {
                     let mut bad = piece.to_vec();
                     bad[0] ^= 0xff;
                     send.write_all(&bad).await?;
@@ -157,7 +192,7 @@ async fn serve_stream(
         }
         PeerRequest::FetchShare { name, origin, chunk_size, first, end } => {
             drop(shared);
-            let resp = match cluster.fetch_share(&name, origin, chunk_size, first..end).await {
+            let resp = match cluster.fetch_share(&name, origin, chunk_size, first..end, asker.clone()).await {
                 Ok((hashes, s3_bytes, seconds)) => PeerResponse::ShareFetched { hashes, s3_bytes, seconds },
                 Err(e) => PeerResponse::Error { message: e.to_string() },
             };
@@ -165,7 +200,10 @@ async fn serve_stream(
         }
         PeerRequest::CompleteShare { name, manifest, origin, timeout_ms } => {
             drop(shared);
-            let resp = match cluster.complete_share(&name, manifest, origin, Duration::from_millis(timeout_ms)).await {
+            let resp = match cluster
+                .complete_share(&name, manifest, origin, Duration::from_millis(timeout_ms), asker.clone())
+                .await
+            {
                 Ok(report) => PeerResponse::Pulled(report),
                 Err(e) => PeerResponse::Error { message: e.to_string() },
             };
@@ -178,10 +216,21 @@ async fn serve_stream(
         }
         PeerRequest::DropShare { name } => {
             drop(shared);
-            cluster.drop_share(&name);
+            cluster.drop_share(&name, asker);
             rpc::write_frame(&mut send, &PeerResponse::Dropped).await?;
         }
     }
     send.finish()?;
     Ok(())
+}
+
+/// Whether a test build was told to corrupt what it serves; never in a shipped daemon.
+#[cfg(feature = "fault-injection")]
+fn corrupts_served_chunks(cluster: &Cluster) -> bool {
+    cluster.config.corrupt_served_chunks
+}
+
+#[cfg(not(feature = "fault-injection"))]
+fn corrupts_served_chunks(_: &Cluster) -> bool {
+    false
 }
