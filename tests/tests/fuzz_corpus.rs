@@ -9,6 +9,9 @@
 // The harnesses assert with unwrap/expect outside #[test] functions.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+/// A fuzz target: its name and its body.
+type Target = (&'static str, fn(&[u8]));
+
 use std::io::Write;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::{Path, PathBuf};
@@ -78,7 +81,7 @@ fn replay(target: &str, run: fn(&[u8]), seeds: fn() -> Vec<Vec<u8>>) {
 #[test]
 #[ignore = "open crash reproducers: fail until fixed (docs/reliability.md, Fuzzing)"]
 fn open_crash_reproducers() {
-    let targets: [(&str, fn(&[u8])); 7] = [
+    let targets: [Target; 7] = [
         ("local_frame", local_frame::run),
         ("daemon_requests", daemon_requests::run),
         ("peer_codec", peer_codec::run),
