@@ -24,7 +24,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -51,6 +51,8 @@ pub const VICTIM_MAX_SIZE_ENV: &str = "STORE_SOAK_VICTIM_MAX_SIZE";
 /// Names the victims write (they read the workers' names too, but never write them, so
 /// that every object a worker maps has a writer who knows its digest).
 const VICTIM_NAMES: u64 = 64;
+/// Starts a victim's stderr line about a `WritableMapping` refusal ([`victim_busy`]).
+const VICTIM_BUSY: &str = "SOAK-VICTIM-BUSY";
 /// Printed by a victim before its markers, one byte per step (see [`victim`]).
 const MARKS: &str = "SOAK-MARKS:";
 /// Longest a get waits for the writer of the object it mapped to register its digest.
@@ -59,6 +61,8 @@ const REGISTRATION_WAIT: Duration = Duration::from_secs(30);
 const KEPT_FAILURES: usize = 100;
 /// Guards a worker holds at most at once.
 const MAX_HELD: usize = 6;
+/// After a `WritableMapping` refusal the soak did not cause, when it tries once more.
+const BUSY_RETRY_AFTER: Duration = Duration::from_millis(100);
 
 const KIB: u64 = 1024;
 const MIB: u64 = 1024 * 1024;
@@ -97,6 +101,11 @@ pub struct SoakConfig {
     pub seed: u64,
     /// How often a progress line is reported.
     pub progress_every: Duration,
+    /// Count a `WritableMapping` refusal of a put or seal that the client did not cause (it
+    /// held no writable mapping) and that the same request 100 ms later did not get, as the
+    /// known daemon issue of docs/reliability.md ("Soak") instead of a failure. Either way
+    /// it is reported.
+    pub tolerate_transient_busy: bool,
 }
 
 impl SoakConfig {
@@ -117,6 +126,7 @@ impl SoakConfig {
             rss_slack: 16 * MIB,
             seed,
             progress_every: Duration::from_secs(10),
+            tolerate_transient_busy: false,
         }
     }
 }
@@ -195,6 +205,10 @@ pub struct SoakReport {
     pub failure_count: u64,
     /// The first failures (all are counted in `failure_count`).
     pub failures: Vec<String>,
+    /// Transient `WritableMapping` refusals counted as the known issue instead of failures
+    /// (only with [`SoakConfig::tolerate_transient_busy`]), and the first of them.
+    pub transient_busy_tolerated: u64,
+    pub known_issues: Vec<String>,
     /// Every invariant that does not hold; empty when the soak passed.
     pub violations: Vec<String>,
 }
@@ -313,6 +327,16 @@ impl SoakReport {
         for f in &self.failures {
             let _ = writeln!(t, "  {f}");
         }
+        if self.transient_busy_tolerated > 0 {
+            let _ = writeln!(
+                t,
+                "KNOWN ISSUE (tolerated, see docs/reliability.md \"Soak\"): {} transient WritableMapping refusals",
+                self.transient_busy_tolerated
+            );
+            for f in &self.known_issues {
+                let _ = writeln!(t, "  {f}");
+            }
+        }
         if self.passed() {
             let _ = writeln!(t, "PASSED");
         } else {
@@ -428,6 +452,37 @@ fn proc_status(pid: u32) -> Option<(u64, u64, u64, u64)> {
     Some((field("VmRSS:"), field("RssAnon:"), field("RssShmem:"), field("Threads:")))
 }
 
+/// `ok` or the error of a call, for a failure message.
+fn outcome_text<T>(r: &Result<T, ClientError>) -> String {
+    match r {
+        Ok(_) => "ok".into(),
+        Err(e) => e.to_string(),
+    }
+}
+
+/// Every shared writable mapping of the memfd with inode `ino`, in any process: `pid (comm)
+/// perms range` from each `/proc/<pid>/maps`.
+fn shared_writable_mappers(ino: u64) -> Vec<String> {
+    let mut found = Vec::new();
+    let Ok(procs) = std::fs::read_dir("/proc") else { return found };
+    for entry in procs.flatten() {
+        let pid = entry.file_name().to_string_lossy().into_owned();
+        if !pid.bytes().all(|b| b.is_ascii_digit()) {
+            continue;
+        }
+        let Ok(maps) = std::fs::read_to_string(format!("/proc/{pid}/maps")) else { continue };
+        for line in maps.lines() {
+            let cols: Vec<&str> = line.split_whitespace().collect();
+            if cols.len() >= 6 && cols[4] == ino.to_string() && cols[5].starts_with("/memfd:") && cols[1].contains('w')
+            {
+                let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+                found.push(format!("{pid} ({}) {} {}", comm.trim(), cols[1], cols[0]));
+            }
+        }
+    }
+    found
+}
+
 fn fd_count(pid: u32) -> u64 {
     std::fs::read_dir(format!("/proc/{pid}/fd")).map(|d| d.count() as u64).unwrap_or(0)
 }
@@ -525,6 +580,9 @@ struct Ctx {
     stop: AtomicBool,
     expected: Expected,
     failures: Failures,
+    /// Transient `WritableMapping` refusals, when tolerated ([`SoakConfig::tolerate_transient_busy`]).
+    known: Failures,
+    tolerate_transient_busy: bool,
     ops: AtomicU64,
     digest_checks: AtomicU64,
 }
@@ -609,6 +667,17 @@ impl Worker<'_> {
         self.ctx.failures.add(format!("worker {}: {message}", self.index));
     }
 
+    /// A `WritableMapping` refusal of an object this client no longer mapped: a failure, or
+    /// the known issue if a retry cleared it and the configuration tolerates that.
+    fn busy(&self, message: String, cleared: bool) {
+        let message = format!("worker {}: {message}", self.index);
+        if cleared && self.ctx.tolerate_transient_busy {
+            self.ctx.known.add(message);
+        } else {
+            self.ctx.failures.add(message);
+        }
+    }
+
     fn name(&mut self) -> String {
         worker_name(self.rng.below(self.ctx.names))
     }
@@ -674,7 +743,23 @@ impl Worker<'_> {
         let size = data.len() as u64;
         let want = digest(data);
         let opts = PutOptions { evictable: self.rng.percent(25) };
-        match self.client.put_with(name, data, opts) {
+        let mut put = self.client.put_with(name, data, opts);
+        if let Err(e) = &put
+            && e.code() == Some(ErrorCode::WritableMapping)
+        {
+            // This client never maps what it puts (it writes the memfd with write(2)), so
+            // the daemon's seal found a mapping or page pin that is not the client's. Whether
+            // it lasts: the same put again after 100 ms.
+            let first = e.to_string();
+            std::thread::sleep(BUSY_RETRY_AFTER);
+            put = self.client.put_with(name, data, opts);
+            let message = format!(
+                "put {name} ({size} bytes): {first}; the same put {BUSY_RETRY_AFTER:?} later: {}",
+                outcome_text(&put)
+            );
+            self.busy(message, put.is_ok());
+        }
+        match put {
             Ok(info) => {
                 self.tally.outcome("put", "ok");
                 self.tally.bytes_written += size;
@@ -736,7 +821,25 @@ impl Worker<'_> {
                 self.tally.op("seal");
                 // The id is ours from the create on: register before anyone can see it.
                 self.register(obj.id(), want, &name);
-                match obj.seal() {
+                let mut sealed = obj.seal();
+                if let Err(e) = &sealed
+                    && e.code() == Some(ErrorCode::WritableMapping)
+                {
+                    // The client unmapped before asking: who still maps it writable, and
+                    // does it last (a second seal after 100 ms)?
+                    let ino = obj.file().ok().and_then(|f| f.metadata().ok()).map(|m| m.ino());
+                    let mappers = ino.map(shared_writable_mappers).unwrap_or_default();
+                    let first = e.to_string();
+                    std::thread::sleep(BUSY_RETRY_AFTER);
+                    sealed = obj.seal();
+                    let message = format!(
+                        "seal {name} ({size} bytes, memfd inode {ino:?}): {first}; shared writable mappings of it \
+                         right after: {mappers:?}; sealing again {BUSY_RETRY_AFTER:?} later: {}",
+                        outcome_text(&sealed)
+                    );
+                    self.busy(message, sealed.is_ok());
+                }
+                match sealed {
                     Ok(info) => {
                         self.tally.outcome("seal", "ok");
                         self.tally.bytes_written += size;
@@ -889,6 +992,12 @@ fn victim_exit(code: i32, message: String) -> ! {
     std::process::exit(code)
 }
 
+/// Tells the parent (on stderr, read after the kill) of a `WritableMapping` refusal and
+/// whether the same request 100 ms later cleared it.
+fn victim_busy(message: &str, cleared: bool) {
+    eprintln!("{VICTIM_BUSY} cleared={cleared} {message}");
+}
+
 /// An expected error of a race, or the victim's end (exit status 4).
 fn victim_check(op: &str, name: &str, e: ClientError, expected: &[ErrorCode]) {
     if !e.code().is_some_and(|c| expected.contains(&c)) {
@@ -978,7 +1087,16 @@ fn victim(socket: &Path, seed: u64, names: u64, max_size: u64) -> ! {
                         }
                         if rng.percent(90) {
                             mark(b'S');
-                            if let Err(e) = obj.seal() {
+                            let mut sealed = obj.seal();
+                            if let Err(e) = &sealed
+                                && e.code() == Some(ErrorCode::WritableMapping)
+                            {
+                                let first = e.to_string();
+                                std::thread::sleep(BUSY_RETRY_AFTER);
+                                sealed = obj.seal();
+                                victim_busy(&format!("seal {name} ({size} bytes): {first}"), sealed.is_ok());
+                            }
+                            if let Err(e) = sealed {
                                 victim_check("seal", &name, e, &[]);
                             }
                         } else {
@@ -1009,6 +1127,14 @@ fn victim(socket: &Path, seed: u64, names: u64, max_size: u64) -> ! {
                     }
                     mark(b'P');
                     put = client.put_with(&name, &data, opts);
+                }
+                if let Err(e) = &put
+                    && e.code() == Some(ErrorCode::WritableMapping)
+                {
+                    let first = e.to_string();
+                    std::thread::sleep(BUSY_RETRY_AFTER);
+                    put = client.put_with(&name, &data, opts);
+                    victim_busy(&format!("put {name} ({} bytes): {first}", data.len()), put.is_ok());
                 }
                 if let Err(e) = put {
                     victim_check(
@@ -1137,6 +1263,7 @@ fn run_victims(ctx: &Ctx, config: &SoakConfig) -> VictimStats {
 
 /// Kills a victim (unless it already exited, which is a failure) and reads its markers.
 fn finish_victim(ctx: &Ctx, mut v: Victim, stats: &mut VictimStats) {
+    let pid = v.child.id();
     let exited = match v.child.try_wait() {
         Ok(Some(status)) => Some(status),
         Ok(None) => {
@@ -1162,6 +1289,18 @@ fn finish_victim(ctx: &Ctx, mut v: Victim, stats: &mut VictimStats) {
             *stats.steps.entry(step_label(Some(m)).to_owned()).or_default() += 1;
         }
     }
+    for line in stderr.lines().filter(|l| l.starts_with(VICTIM_BUSY)) {
+        let message = format!("victim {pid}: {line}");
+        if line.contains("cleared=true") && ctx.tolerate_transient_busy {
+            ctx.known.add(message);
+        } else {
+            ctx.failures.add(message);
+        }
+    }
+    let complaints: Vec<&str> = stderr
+        .lines()
+        .filter(|l| !l.starts_with(VICTIM_BUSY) && (l.contains("SOAK-VICTIM") || l.contains("panicked")))
+        .collect();
     if let Some(status) = exited {
         stats.exited_by_themselves += 1;
         ctx.failures.add(format!("a victim exited by itself ({status}): {}", stderr.trim()));
@@ -1169,8 +1308,8 @@ fn finish_victim(ctx: &Ctx, mut v: Victim, stats: &mut VictimStats) {
     }
     stats.killed += 1;
     *stats.killed_during.entry(step_label(marks.last().copied()).to_owned()).or_default() += 1;
-    if stderr.contains("SOAK-VICTIM") || stderr.contains("panicked") {
-        ctx.failures.add(format!("a victim complained before it was killed: {}", stderr.trim()));
+    if !complaints.is_empty() {
+        ctx.failures.add(format!("a victim complained before it was killed: {}", complaints.join(" | ")));
     }
 }
 
@@ -1230,6 +1369,7 @@ fn monitor(
     let mut peaks = Peaks::default();
     let mut next_report = start + every;
     let mut failures_said = 0;
+    let mut known_said = 0;
     while !ctx.stop.load(Ordering::Relaxed) {
         std::thread::sleep(Duration::from_millis(500));
         // Failures as they happen, not only in the report at the end.
@@ -1238,6 +1378,11 @@ fn monitor(
             say(&format!("{:>5.0} s: FAILURE {f}", start.elapsed().as_secs_f64()));
         }
         failures_said = kept.len();
+        let known = ctx.known.kept.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        for f in known.iter().skip(known_said) {
+            say(&format!("{:>5.0} s: KNOWN ISSUE {f}", start.elapsed().as_secs_f64()));
+        }
+        known_said = known.len();
         let Some((rss, _, _, _)) = proc_status(pid) else {
             ctx.failures.add("the daemon process died during the run".into());
             ctx.stop.store(true, Ordering::Relaxed);
@@ -1338,6 +1483,8 @@ pub fn run(config: &SoakConfig, say: &(dyn Fn(&str) + Sync)) -> anyhow::Result<S
         stop: AtomicBool::new(false),
         expected: Expected::default(),
         failures: Failures::default(),
+        known: Failures::default(),
+        tolerate_transient_busy: config.tolerate_transient_busy,
         ops: AtomicU64::new(0),
         digest_checks: AtomicU64::new(0),
     };
@@ -1420,6 +1567,8 @@ pub fn run(config: &SoakConfig, say: &(dyn Fn(&str) + Sync)) -> anyhow::Result<S
         final_round_trip,
         failure_count: ctx.failures.count.load(Ordering::Relaxed),
         failures,
+        transient_busy_tolerated: ctx.known.count.load(Ordering::Relaxed),
+        known_issues: ctx.known.kept.into_inner().unwrap_or_else(|p| p.into_inner()),
         violations: Vec::new(),
     };
     report.check_invariants();
