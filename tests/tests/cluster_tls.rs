@@ -316,6 +316,52 @@ fn only_the_coordinator_that_staged_a_share_may_complete_or_drop_it() {
     });
 }
 
+/// A staged share's bytes count against the daemon's capacity from when it is fetched until
+/// it is dropped: a peer cannot park memory the store does not see.
+#[test]
+fn staged_shares_take_store_room_until_dropped() {
+    let dir = tempfile::tempdir().unwrap();
+    let certs = dir.path().join("certs");
+    tls::init_ca(&certs).unwrap();
+    tls::issue(&certs, "node-a", &certs).unwrap();
+    tls::issue(&certs, "node-b", &certs).unwrap();
+    let s3 = store_tests::s3_server::TestS3::start().unwrap();
+    let data = store_tests::payload(8 << 20, 6);
+    s3.put("big", &data).unwrap();
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    runtime.block_on(async {
+        let url: store_client::s3::S3Url = "s3://bucket/big".parse().unwrap();
+        let meta = store_client::s3::S3Reader::new(s3.config()).await.unwrap().head(&url).await.unwrap();
+        let origin = S3Origin { url: url.to_string(), etag: meta.etag, size: meta.size };
+        // 10 MiB: an 8 MiB put fits beside the 7-byte object, but not beside a 3 MiB share.
+        let mut config = DaemonConfig::new(dir.path().join("a.sock"), 10 << 20);
+        config.s3 = Some(s3.config());
+        let socket = config.socket.clone();
+        let (listen, shutdown, running) = start_node_a_with(dir.path(), &certs, config).await;
+        let coordinator = Identity::load(&CertPaths::in_dir(&certs, "node-b")).unwrap();
+        let share =
+            PeerRequest::FetchShare { name: "y".into(), origin: origin.clone(), chunk_size: 1 << 20, first: 2, end: 5 };
+        let answer = ask(&coordinator, listen, &share).await.unwrap();
+        assert!(matches!(answer, PeerResponse::ShareFetched { ref hashes, .. } if hashes.len() == 3), "{answer:?}");
+
+        let put = |socket: std::path::PathBuf| async move {
+            tokio::task::spawn_blocking(move || {
+                store_client::StoreClient::connect(socket).unwrap().put("p", &vec![7u8; 8 << 20]).map(|_| ())
+            })
+            .await
+            .unwrap()
+        };
+        let refused = put(socket.clone()).await.unwrap_err();
+        assert_eq!(refused.code(), Some(store_client::protocol::ErrorCode::StoreFull), "{refused}");
+
+        let dropped = ask(&coordinator, listen, &PeerRequest::DropShare { name: "y".into() }).await.unwrap();
+        assert_eq!(dropped, PeerResponse::Dropped);
+        put(socket.clone()).await.unwrap();
+        shutdown.cancel();
+        running.await.unwrap();
+    });
+}
+
 #[test]
 fn a_peer_cannot_grow_the_prefetch_queue_without_bound() {
     let dir = tempfile::tempdir().unwrap();

@@ -19,7 +19,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::ops::Range;
 use std::os::fd::OwnedFd;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 use store_client::cluster::{NodeId, PeerRequest, PeerResponse, PullReport};
@@ -30,6 +30,7 @@ use tracing::{info, warn};
 
 use super::pull::PullStart;
 use super::{Cluster, PullError};
+use crate::server::Shared;
 use crate::store::StoreError;
 
 /// A share not claimed by its second phase within this time is dropped (its coordinator
@@ -59,6 +60,50 @@ pub struct StagedShare {
     chunk_size: u64,
     generation: u64,
     coordinator: Coordinator,
+    /// The store room the share's bytes take until it is dropped or received into.
+    pub room: StagedRoom,
+}
+
+/// Store room taken for the bytes of a staged share, so staged memory counts against the
+/// daemon's capacity like every object does; given back when dropped.
+#[derive(Debug)]
+pub struct StagedRoom {
+    shared: Weak<Shared>,
+    size: u64,
+}
+
+impl StagedRoom {
+    /// Takes `size` bytes of room (evicting what may be evicted), or refuses like a put would.
+    fn take(shared: &Arc<Shared>, size: u64) -> Result<Self, StoreError> {
+        for name in shared.store().reserve_room(size)? {
+            tracing::debug!(%name, "evicted to make room for a cooperative share");
+        }
+        Ok(Self { shared: Arc::downgrade(shared), size })
+    }
+
+    fn absorb(&mut self, mut other: StagedRoom) {
+        self.size += std::mem::take(&mut other.size);
+    }
+
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+}
+
+impl Drop for StagedRoom {
+    fn drop(&mut self) {
+        if self.size > 0
+            && let Some(shared) = self.shared.upgrade()
+        {
+            shared.store().return_room(self.size);
+        }
+    }
+}
+
+/// Bytes of chunks `chunks` of an object of `size` bytes cut in `chunk_size` chunks.
+fn share_bytes(size: u64, chunk_size: u64, chunks: &Range<u64>) -> u64 {
+    let end = chunks.end.saturating_mul(chunk_size).min(size);
+    end.saturating_sub(chunks.start.saturating_mul(chunk_size))
 }
 
 /// Contiguous shares of `count` chunks for `nodes` nodes, as even as can be.
@@ -104,14 +149,21 @@ impl Cluster {
                 }
             }
         };
+        let mut room = StagedRoom::take(&shared, share_bytes(origin.size, chunk_size, &chunks))
+            .map_err(|e| PullError::Store(e.to_string()))?;
         let (into, mut ranges, earlier_bytes) = match earlier {
-            Some(s) => (Some((s.fd, s.mapping)), s.ranges, s.s3_bytes),
+            Some(s) => {
+                room.absorb(s.room);
+                (Some((s.fd, s.mapping)), s.ranges, s.s3_bytes)
+            }
             None => (None, Vec::new(), 0),
         };
-        let room = |size| shared.store().check_room(size);
+        // The whole object must fit once received, the share's room counted in.
+        let reserved = room.size();
+        let fits = |size: u64| shared.store().check_room(size.saturating_sub(reserved));
         let filled = shared
             .s3()
-            .fetch_share(&origin, chunk_size, chunks.clone(), into, room)
+            .fetch_share(&origin, chunk_size, chunks.clone(), into, fits)
             .await
             .map_err(|e| PullError::S3 { code: e.code(), message: e.to_string() })?
             .map_err(|e| PullError::Store(e.to_string()))?;
@@ -129,6 +181,7 @@ impl Cluster {
             chunk_size,
             generation,
             coordinator,
+            room,
         };
         {
             let mut staged = self.staged.lock().unwrap_or_else(|p| p.into_inner());

@@ -236,6 +236,8 @@ impl Cluster {
         let size = manifest.size;
         let (fd, mapping, held, share_bytes) = match share {
             Some(share) => {
+                // The received object takes the room of the whole from here.
+                drop(share.room);
                 let matches = share.ranges.iter().all(|(range, hashes)| {
                     manifest.chunks.get(range.start as usize..range.end as usize) == Some(hashes.as_slice())
                 });
