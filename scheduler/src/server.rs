@@ -151,10 +151,13 @@ impl Shared {
                 let (id, addr, count) = (node.id.clone(), node.addr, holdings.len());
                 let mut table = self.table();
                 let replaced = table.node(&id).is_some();
-                let effects = table.register(now, node, holdings).map_err(Refusal::from)?;
+                let registered = table.register(now, node, holdings).map_err(Refusal::from)?;
                 drop(table);
                 info!(node = %id, %addr, holdings = count, replaced, "node registered");
-                Ok(effects)
+                for refused in &registered.refused {
+                    warn!(node = %id, "a holding left out of the registration: {refused}");
+                }
+                Ok(registered.effects)
             }),
             SchedulerRequest::Heartbeat { node, free } => self
                 .check_identity(peer, &node)

@@ -127,6 +127,14 @@ fn held_bytes(size: u64, chunk_size: u64, chunks: &store_client::chunkset::Chunk
     }
 }
 
+/// What [`Table::register`] did: the effects on objects' availability, and the holdings it
+/// left out with why.
+#[derive(Debug, PartialEq)]
+pub struct Registered {
+    pub effects: Vec<Effect>,
+    pub refused: Vec<TableError>,
+}
+
 fn invalid(name: &str, reason: HoldingError) -> TableError {
     TableError::InvalidHolding { name: name.to_owned(), reason }
 }
@@ -162,22 +170,27 @@ impl Table {
         self.lease
     }
 
-    /// Adds a node, or replaces everything known of it (info and holdings). All or nothing:
-    /// an invalid holding rejects the whole registration.
+    /// Adds a node, or replaces everything known of it (info and holdings). An invalid
+    /// holding (or a second one of the same name) is left out and returned, so that one bad
+    /// entry never keeps the node and everything else it holds out of the table; an invalid
+    /// node id refuses the whole registration.
     pub fn register(
         &mut self,
         now: Instant,
         info: NodeInfo,
         holdings: Vec<Holding>,
-    ) -> Result<Vec<Effect>, TableError> {
+    ) -> Result<Registered, TableError> {
         validate_node_id(&info.id)?;
         let mut new = BTreeMap::new();
+        let mut refused = Vec::new();
         for h in holdings {
-            validate_holding(&h).map_err(|reason| invalid(&h.name, reason))?;
-            if new.contains_key(&h.name) {
-                return Err(invalid(&h.name, HoldingError::Duplicate));
+            if let Err(reason) = validate_holding(&h) {
+                refused.push(invalid(&h.name, reason));
+            } else if new.contains_key(&h.name) {
+                refused.push(invalid(&h.name, HoldingError::Duplicate));
+            } else {
+                new.insert(h.name.clone(), h);
             }
-            new.insert(h.name.clone(), h);
         }
         let id = info.id.clone();
         let mut affected: BTreeSet<String> = new.keys().cloned().collect();
@@ -192,7 +205,7 @@ impl Table {
             self.holders.entry(name.clone()).or_default().insert(id.clone());
         }
         self.nodes.insert(id, Node { info, last_seen: now, holdings: new });
-        Ok(self.object_effects(before))
+        Ok(Registered { effects: self.object_effects(before), refused })
     }
 
     /// Renews the node's lease and records its free bytes.
@@ -422,7 +435,7 @@ mod tests {
     fn node_holding_the_data_is_located() {
         let t0 = Instant::now();
         let mut t = Table::default();
-        let effects = t.register(t0, info("a"), vec![holding("m/w", 10 * KIB, KIB, None)]).unwrap();
+        let effects = t.register(t0, info("a"), vec![holding("m/w", 10 * KIB, KIB, None)]).unwrap().effects;
         assert_eq!(effects, vec![Effect::ObjectAvailable("m/w".into())]);
         let locs = t.locate("m/w");
         assert_eq!(ids(&locs), ["a"]);
@@ -530,7 +543,7 @@ mod tests {
         t.register(t0, info("a"), vec![holding("old", KIB, KIB, None)]).unwrap();
         let mut moved = info("a");
         moved.addr = SocketAddr::from(([198, 18, 0, 9], 1));
-        let effects = t.register(t0, moved.clone(), vec![holding("new", KIB, KIB, None)]).unwrap();
+        let effects = t.register(t0, moved.clone(), vec![holding("new", KIB, KIB, None)]).unwrap().effects;
         assert_eq!(effects, vec![Effect::ObjectAvailable("new".into()), Effect::ObjectUnavailable("old".into())]);
         assert!(t.locate("old").is_empty());
         assert_eq!(t.locate("new")[0].addr, moved.addr);
@@ -565,27 +578,35 @@ mod tests {
         let zero_chunk_size = Holding { chunk_size: 0, ..good.clone() };
         let bad_name = Holding { name: "../etc".into(), ..good.clone() };
         let cases = [
-            (malformed, HoldingError::MalformedChunks),
-            (wrong_count, HoldingError::ChunkCount { got: 4, expected: 3, size: 3 * KIB, chunk_size: KIB }),
-            (bad_chunk_size, HoldingError::ChunkSize(1000)),
-            (zero_chunk_size, HoldingError::ChunkSize(0)),
-            (bad_name, HoldingError::Name(NameError::BadSegment)),
+            (malformed.clone(), HoldingError::MalformedChunks),
+            (wrong_count.clone(), HoldingError::ChunkCount { got: 4, expected: 3, size: 3 * KIB, chunk_size: KIB }),
+            (bad_chunk_size.clone(), HoldingError::ChunkSize(1000)),
+            (zero_chunk_size.clone(), HoldingError::ChunkSize(0)),
+            (bad_name.clone(), HoldingError::Name(NameError::BadSegment)),
         ];
+        let mut wants = Vec::new();
         for (h, reason) in cases {
             let want = TableError::InvalidHolding { name: h.name.clone(), reason };
             assert_eq!(t.announce(t0, "a", h.clone()).as_ref().err(), Some(&want));
-            assert_eq!(t.register(t0, info("a"), vec![good.clone(), h]), Err(want));
+            wants.push(want);
         }
-        assert_eq!(
-            t.register(t0, info("a"), vec![good.clone(), good.clone()]),
-            Err(TableError::InvalidHolding { name: "x".into(), reason: HoldingError::Duplicate })
-        );
         assert!(matches!(t.register(t0, info(""), vec![]), Err(TableError::InvalidNode { .. })));
         assert!(matches!(t.register(t0, info("a b"), vec![]), Err(TableError::InvalidNode { .. })));
         assert!(matches!(t.withdraw(t0, "a", ""), Err(TableError::InvalidName { .. })));
         // Nothing changed.
         assert_eq!(ids(&t.locate("keep")), ["a"]);
         assert!(t.locate("x").is_empty());
+        assert_eq!(t.node_count(), 1);
+
+        // A registration keeps the node and its valid holdings, and says what it left out.
+        let mut holdings = vec![good.clone(), holding("keep", KIB, KIB, None)];
+        holdings.extend([&malformed, &wrong_count, &bad_chunk_size, &zero_chunk_size, &bad_name].map(Clone::clone));
+        holdings.push(good.clone());
+        wants.push(TableError::InvalidHolding { name: "x".into(), reason: HoldingError::Duplicate });
+        let registered = t.register(t0, info("a"), holdings).unwrap();
+        assert_eq!(registered.refused, wants);
+        assert_eq!(ids(&t.locate("keep")), ["a"]);
+        assert_eq!(ids(&t.locate("x")), ["a"]);
         assert_eq!(t.node_count(), 1);
     }
 
@@ -743,17 +764,21 @@ mod tests {
                 match rng.below(10) {
                     0 | 1 => {
                         let holdings: Vec<Holding> = (0..rng.below(4)).map(|_| random_holding(&mut rng)).collect();
-                        let mut names = BTreeSet::new();
-                        let ok = holdings.iter().all(|h| valid(h) && names.insert(h.name.clone()));
+                        let mut kept = BTreeMap::new();
+                        let mut refused = 0;
+                        for h in &holdings {
+                            if valid(h) && !kept.contains_key(&h.name) {
+                                kept.insert(h.name.clone(), h.clone());
+                            } else {
+                                refused += 1;
+                            }
+                        }
                         let mut node = info(id);
                         node.free = rng.below(1000);
-                        let got = table.register(now, node.clone(), holdings.clone());
-                        assert_eq!(got.is_ok(), ok, "{ctx}: {got:?}");
-                        if ok {
-                            let hs = holdings.into_iter().map(|h| (h.name.clone(), h)).collect();
-                            model.nodes.insert(id.to_owned(), (node, now, hs));
-                            assert_eq!(got.unwrap(), Model::effects(&before, &model.available()), "{ctx}");
-                        }
+                        let got = table.register(now, node.clone(), holdings.clone()).unwrap();
+                        assert_eq!(got.refused.len(), refused, "{ctx}: {got:?}");
+                        model.nodes.insert(id.to_owned(), (node, now, kept.into_iter().collect()));
+                        assert_eq!(got.effects, Model::effects(&before, &model.available()), "{ctx}");
                     }
                     2 | 3 => {
                         let free = rng.below(1000);
