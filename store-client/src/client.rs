@@ -34,6 +34,13 @@ pub enum ClientError {
     Protocol(String),
     #[error("invalid object name: {0}")]
     InvalidName(#[from] NameError),
+    #[error("{} cannot be stored as {name:?}: {reason}", path.display())]
+    UnstorablePath {
+        path: PathBuf,
+        name: String,
+        #[source]
+        reason: NameError,
+    },
 }
 
 impl ClientError {
@@ -260,13 +267,22 @@ impl StoreClient {
         }
         files.sort();
         let prefix = prefix.trim_end_matches('/');
-        let mut stored = Vec::with_capacity(files.len());
+        // Every name is checked before the first file is stored: a directory with one path
+        // that cannot be a name is refused whole, not half stored.
+        let mut named = Vec::with_capacity(files.len());
         for path in files {
             let relative = path.strip_prefix(dir).map_err(|_| ClientError::Protocol("path outside DIR".into()))?;
             let relative = relative
                 .to_str()
                 .ok_or_else(|| ClientError::Protocol(format!("{} is not UTF-8", relative.display())))?;
             let name = if prefix.is_empty() { relative.to_owned() } else { format!("{prefix}/{relative}") };
+            if let Err(reason) = name::validate(&name) {
+                return Err(ClientError::UnstorablePath { path, name, reason });
+            }
+            named.push((name, path));
+        }
+        let mut stored = Vec::with_capacity(named.len());
+        for (name, path) in named {
             stored.push(self.put_file(&name, &path, opts)?);
         }
         Ok(stored)

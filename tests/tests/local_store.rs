@@ -843,3 +843,22 @@ fn put_dir_stores_every_file_under_the_prefix() {
     let weights = client.get("models/m/sub/weights.bin", Duration::ZERO).unwrap();
     assert_eq!(&weights[..], &pattern(70_000, 9)[..]);
 }
+
+/// A directory with one file whose path cannot be a name is refused whole, before anything
+/// is stored.
+#[test]
+fn put_dir_refuses_a_directory_with_an_unstorable_path_and_stores_nothing() {
+    let daemon = DaemonProcess::start("64MiB", &[]).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("a.json"), b"{}").unwrap();
+    std::fs::write(dir.path().join("bad\nname"), b"x").unwrap();
+    std::fs::write(dir.path().join("z.bin"), b"zz").unwrap();
+    let client = daemon.client().unwrap();
+    let err = client.put_dir(dir.path(), "m", PutOptions::default()).unwrap_err();
+    assert!(
+        matches!(&err, store_client::ClientError::UnstorablePath { name, .. } if name == "m/bad\nname"),
+        "{err}"
+    );
+    assert!(client.list().unwrap().is_empty(), "nothing stored");
+}
+
