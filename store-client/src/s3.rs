@@ -424,7 +424,9 @@ impl S3Reader {
             Ok(out) => out,
             // HEAD answers have no body, so no error code: ask with a GET, whose body says
             // which of bucket or key is missing, or why the credentials were refused.
-            Err(S3Error::Service { status: 403 | 404, .. }) => return Err(self.explain(url).await),
+            Err(S3Error::Service { status: 403 | 404, .. } | S3Error::AccessDenied { .. }) => {
+                return Err(self.explain(url).await);
+            }
             Err(e) => return Err(e),
         };
         let size = out.content_length().and_then(|l| u64::try_from(l).ok()).ok_or_else(|| S3Error::Service {
@@ -683,7 +685,10 @@ where
                     Attempt::Fatal(S3Error::AccessDenied { bucket, key, message })
                 }
                 (429 | 500..=599, _) | (_, "SlowDown" | "Throttling" | "RequestTimeout") => {
-                    Attempt::Transient { message: format!("HTTP {status} {message}"), unreachable: false }
+                    // `message` is "HTTP {status}" itself when the answer had no body.
+                    let message =
+                        if message.starts_with("HTTP ") { message } else { format!("HTTP {status} {message}") };
+                    Attempt::Transient { message, unreachable: false }
                 }
                 _ => Attempt::Fatal(S3Error::Service { bucket, key, status, message }),
             }
