@@ -6,8 +6,10 @@
 //! order, one response each, except [`Request::Release`], which is never answered so that
 //! dropping a mapping costs no round trip.
 //!
-//! Descriptors belong to the frame whose bytes they were sent with (send them with the
-//! frame's first byte). A request that comes with another number of descriptors than
+//! Send a frame that carries descriptors in one message with them (one `sendmsg`, as this
+//! crate does): the daemon gives descriptors to the frame holding the last byte of the read
+//! that brought them, and Linux ends a read right after a message with descriptors. A
+//! request that comes with another number of descriptors than
 //! [`Request::descriptors`] is refused with [`ErrorCode::BadDescriptor`] and every
 //! descriptor that came with it is closed at once; so is every descriptor of a frame that
 //! does not decode. The daemon takes requests of at most [`MAX_REQUEST_LEN`] bytes, each

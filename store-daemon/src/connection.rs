@@ -1,11 +1,14 @@
 //! One client connection: reads frames (and the descriptors riding on them), answers each
 //! request in order, and gives back the client's leases and unsealed objects when it goes.
 //!
-//! A hostile client must not hurt the others, so the connection reads one frame at a time
-//! and never past its end: the descriptors that arrive while a frame's bytes are read are
-//! that frame's, and a request with any other number than it takes ([`Request::descriptors`])
-//! is refused with every descriptor closed. More than one descriptor for a frame, or a
-//! truncated batch (`MSG_CTRUNC`), closes them at once, so nothing piles up while a frame
+//! A hostile client must not hurt the others. Descriptors belong to the frame that holds the
+//! last byte of the read that brought them: Linux ends a read of a unix stream right after
+//! the message that carried descriptors, so that is the frame a client sent in one message
+//! with them (as `store-client` does), however many frames were queued before it, and one
+//! read still takes in everything queued (one `recvmsg` per request, not one per header and
+//! one per body). A request with any other number of descriptors than it takes
+//! ([`Request::descriptors`]) is refused with every one closed; more than one for a frame, or
+//! a truncated batch (`MSG_CTRUNC`), closes them at once, so nothing piles up while a frame
 //! trickles in. Frames are capped at [`MAX_REQUEST_LEN`] (refused on their header, before any
 //! allocation), a frame must arrive whole within the frame timeout of its first byte and a
 //! response must be taken within it too, and a connection holds at most
@@ -94,8 +97,11 @@ struct Connection {
     stream: UnixStream,
     id: ConnId,
     frames: FrameBuffer,
-    /// The descriptors of the frame being read.
+    /// The descriptors of the frame being read (the one the buffered bytes begin with).
     fds: FrameFds,
+    /// Descriptors the last read brought, until they are given to the frame holding its last
+    /// byte, and whether the kernel truncated them.
+    arrived: Option<(Vec<OwnedFd>, bool)>,
     /// When the first byte of the frame being read arrived.
     frame_started: Option<tokio::time::Instant>,
     holdings: Holdings,
@@ -157,6 +163,7 @@ pub async fn serve(shared: Arc<Shared>, stream: UnixStream, id: ConnId, shutdown
         id,
         frames: FrameBuffer::with_limit(MAX_REQUEST_LEN),
         fds: FrameFds::default(),
+        arrived: None,
         frame_started: None,
         holdings: Holdings::default(),
         shutdown,
@@ -198,25 +205,43 @@ impl Connection {
 
     async fn run(&mut self) -> io::Result<()> {
         loop {
-            let next = match self.frames.next_frame() {
-                Ok(body) => body.map(frame::decode::<Request>),
-                Err(e) => {
-                    // An oversized frame leaves no way to find the next one.
-                    let message = format!("{e} of {MAX_REQUEST_LEN} bytes for a request");
-                    self.send_error(ErrorCode::BadRequest, message).await?;
-                    return Ok(());
+            let mut answered = false;
+            loop {
+                let next = match self.frames.next_frame() {
+                    Ok(body) => body.map(frame::decode::<Request>),
+                    Err(e) => {
+                        // An oversized frame leaves no way to find the next one.
+                        let message = format!("{e} of {MAX_REQUEST_LEN} bytes for a request");
+                        self.send_error(ErrorCode::BadRequest, message).await?;
+                        return Ok(());
+                    }
+                };
+                let Some(decoded) = next else { break };
+                answered = true;
+                let mut fds = std::mem::take(&mut self.fds);
+                if self.frames.buffered() == 0
+                    && let Some((batch, truncated)) = self.arrived.take()
+                {
+                    // This frame holds the last byte read.
+                    fds.add(batch, truncated);
                 }
-            };
-            if let Some(decoded) = next {
-                self.frame_started = None;
-                let fds = std::mem::take(&mut self.fds);
                 match decoded {
                     Ok(req) => self.handle(req, fds).await?,
                     // The frame's descriptors are closed with it.
                     Err(e) => self.send_error(ErrorCode::BadRequest, e.to_string()).await?,
                 }
-                continue;
             }
+            if let Some((batch, truncated)) = self.arrived.take() {
+                // The frame in progress holds the last byte read.
+                self.fds.add(batch, truncated);
+            }
+            // A frame in progress is timed from its first byte, or from the answer to the
+            // frame before it (the client may have sent it while that one was being answered).
+            self.frame_started = match self.frames.buffered() {
+                0 => None,
+                _ if answered => Some(tokio::time::Instant::now()),
+                _ => self.frame_started.or_else(|| Some(tokio::time::Instant::now())),
+            };
             let deadline = self.frame_started.map(|t| t + self.frame_timeout());
             let shutdown = self.shutdown.clone();
             let wake = tokio::select! {
@@ -248,23 +273,17 @@ impl Connection {
         }
     }
 
-    /// Reads at most the rest of the frame being read (see the module docs).
     async fn read(&mut self) -> io::Result<usize> {
-        let want = self.frames.missing();
         loop {
             self.stream.readable().await?;
-            let starts_frame = self.frames.buffered() == 0;
-            let spare = &mut self.frames.spare(want)[..want];
+            let spare = self.frames.spare(64 * 1024);
             let stream = &self.stream;
             let mut fds = Vec::new();
             match stream.try_io(Interest::READABLE, || sys::recv_with_fds_checked(stream.as_fd(), spare, &mut fds)) {
                 Ok(got) => {
                     self.frames.filled(got.bytes);
-                    if starts_frame && got.bytes > 0 {
-                        self.frame_started = Some(tokio::time::Instant::now());
-                    }
                     if !fds.is_empty() || got.truncated {
-                        self.fds.add(fds, got.truncated);
+                        self.arrived = Some((fds, got.truncated));
                     }
                     return Ok(got.bytes);
                 }
@@ -478,12 +497,7 @@ impl Connection {
     async fn seal(&mut self, id: ObjectId) -> Reply {
         let (segment, size) = self.shared.store().begin_seal(id, self.id)?;
         let (chunk_size, threads) = (self.shared.config.chunk_size, self.shared.config.hash_threads);
-        let hashed = if size <= INLINE_HASH_LIMIT {
-            ingest::seal_and_hash(segment.as_fd(), size, chunk_size, 1)
-        } else {
-            let segment = segment.clone();
-            blocking(move || ingest::seal_and_hash(segment.as_fd(), size, chunk_size, threads)).await?
-        };
+        let hashed = seal_and_hash_patiently(segment, size, chunk_size, threads).await?;
         let (manifest, mapping) = match hashed {
             Ok(done) => done,
             Err(e) => {
@@ -509,13 +523,9 @@ impl Connection {
         check_name(&name)?;
         self.shared.store().check_room(size)?;
         let (chunk_size, threads) = (self.shared.config.chunk_size, self.shared.config.hash_threads);
-        let (fd, (manifest, mapping)) = if size <= INLINE_HASH_LIMIT {
-            let done = ingest::seal_and_hash(fd.as_fd(), size, chunk_size, 1)?;
-            (fd, done)
-        } else {
-            let hash = move || ingest::seal_and_hash(fd.as_fd(), size, chunk_size, threads).map(|done| (fd, done));
-            blocking(hash).await??
-        };
+        let fd = Arc::new(fd);
+        let (manifest, mapping) = seal_and_hash_patiently(fd.clone(), size, chunk_size, threads).await??;
+        let fd = Arc::into_inner(fd).ok_or_else(|| Failure::new(ErrorCode::Internal, "the memfd is still shared"))?;
         self.adopt(&name, evictable, fd, manifest, mapping, started, Source::Local, None)
     }
 
@@ -710,6 +720,41 @@ async fn sleep_until(deadline: Option<tokio::time::Instant>) {
     match deadline {
         Some(deadline) => tokio::time::sleep_until(deadline).await,
         None => std::future::pending().await,
+    }
+}
+
+/// How long to wait before each further try when sealing meets `EBUSY` though the client
+/// holds no writable mapping: the kernel also answers so while a page of the memfd holds a
+/// passing extra reference, and waits only ~150 ms for it. Under heavy load that was seen
+/// about once in 100,000 seals (docs/reliability.md, soak finding 1); a few more tries clear
+/// it. A client that really keeps a writable mapping is refused after about a second, and
+/// only its own connection waits (requests are answered in order).
+const SEAL_RETRY_PAUSES: [Duration; 4] =
+    [Duration::from_millis(20), Duration::from_millis(80), Duration::from_millis(250), Duration::from_millis(600)];
+
+/// [`ingest::seal_and_hash`], on the runtime for small objects and on a worker otherwise,
+/// tried again after each of [`SEAL_RETRY_PAUSES`] while it fails with `WritableMapping`.
+async fn seal_and_hash_patiently(
+    fd: Arc<OwnedFd>,
+    size: u64,
+    chunk_size: u64,
+    threads: usize,
+) -> Result<Result<(store_client::Manifest, sys::ReadOnlyMapping), IngestError>, Failure> {
+    let mut pauses = SEAL_RETRY_PAUSES.iter();
+    loop {
+        let hashed = if size <= INLINE_HASH_LIMIT {
+            ingest::seal_and_hash(fd.as_fd(), size, chunk_size, 1)
+        } else {
+            let fd = fd.clone();
+            blocking(move || ingest::seal_and_hash(fd.as_fd(), size, chunk_size, threads)).await?
+        };
+        match (hashed, pauses.next()) {
+            (Err(IngestError::Seal(sys::SealError::WritableMapping)), Some(pause)) => {
+                debug!(size, ?pause, "sealing met EBUSY; trying again");
+                tokio::time::sleep(*pause).await;
+            }
+            (hashed, _) => return Ok(hashed),
+        }
     }
 }
 

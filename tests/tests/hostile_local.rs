@@ -900,32 +900,40 @@ fn more_descriptors_than_a_message_may_carry_are_refused() {
     daemon.assert_healthy();
 }
 
-/// A descriptor belongs to the request it was sent with: one riding on a `List` is not used
-/// by the `PutMemfd` that follows in the same write.
+/// A descriptor belongs to the request it was sent with: one riding on a `List` is closed
+/// with it (the `List` refused), and the `PutMemfd` sent right after it, queued before the
+/// daemon reads either, does not get it.
 #[test]
 fn a_descriptor_is_never_used_by_another_request() {
     let mut daemon = Daemon::start("16MiB", &[]);
     let mut raw = RawConn::connect(&daemon);
     let memfd = filled_memfd(&pattern(4096, 16));
-    let mut bytes = frame::encode(&Request::List);
-    bytes.extend(frame::encode(&Request::PutMemfd { name: "stolen".into(), size: 4096, evictable: false }));
-    raw.send_raw(&bytes, &[memfd.as_raw_fd()]);
+    raw.send(&Request::List, &[memfd.as_raw_fd()]);
+    raw.send(&Request::PutMemfd { name: "stolen".into(), size: 4096, evictable: false }, &[]);
     let first = raw.receive();
     let second = raw.receive();
     assert_eq!(error_code(&first), Some(ErrorCode::BadDescriptor), "List with a descriptor: {first:?}");
     assert_eq!(error_code(&second), Some(ErrorCode::BadDescriptor), "PutMemfd without one: {second:?}");
     assert_eq!(store_code(daemon.client().stat("stolen")), ErrorCode::NotFound);
 
-    // Pipelined the honest way (a Release, then a put with its memfd in its own message),
-    // each request gets its own.
+    // Pipelined the honest way (requests without descriptors, then a put with its memfd in
+    // its own message, all queued before the daemon reads), each request gets its own.
     let data = pattern(4096, 17);
     let memfd = filled_memfd(&data);
+    for _ in 0..20 {
+        raw.send(&Request::Stat { name: "stolen".into() }, &[]);
+    }
     raw.send(&Request::Release { id: 777 }, &[]);
     raw.send(&Request::PutMemfd { name: "pipelined".into(), size: 4096, evictable: false }, &[memfd.as_raw_fd()]);
+    raw.send(&Request::List, &[]);
+    for _ in 0..20 {
+        expect_error(raw.receive(), ErrorCode::NotFound);
+    }
     match raw.receive() {
         Response::Sealed(info) => assert_eq!(info.digest.map(|d| d.0), Some(digest_of(&data))),
         other => panic!("a pipelined put: {other:?}"),
     }
+    assert!(matches!(raw.receive(), Response::Listing(list) if list.len() == 1));
     daemon.assert_healthy();
 }
 

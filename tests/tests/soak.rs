@@ -14,12 +14,9 @@ fn thirty_seconds_of_64_clients_and_killed_clients_verify_every_get_and_leak_not
         program: std::env::current_exe().unwrap(),
         args: ["--exact", "soak_victim", "--ignored", "--nocapture", "--test-threads=1"].map(String::from).to_vec(),
     };
-    let mut config = SoakConfig::new(Duration::from_secs(30), victim);
-    // Known daemon issue (docs/reliability.md, "Soak"): under heavy load the daemon now and
-    // then refuses a put or seal with WritableMapping although the client holds no writable
-    // mapping, and the same request 100 ms later succeeds. Counted and printed, not failed;
-    // a refusal that a retry does not clear still fails. Remove once the daemon retries.
-    config.tolerate_transient_busy = true;
+    // Strict: a transient `WritableMapping` refusal (docs/reliability.md, "Soak", finding 1)
+    // fails it; the daemon now retries the seal itself.
+    let config = SoakConfig::new(Duration::from_secs(30), victim);
     let report = soak::run(&config, &|line| eprintln!("soak: {line}")).unwrap();
     eprintln!("{}", report.to_table());
     assert!(report.passed(), "soak failed (seed {}):\n{}", report.seed, report.violations.join("\n"));
