@@ -64,7 +64,13 @@ pub struct SchedulerConfig {
     /// Placement's inbound bandwidth of a node before any transfer into it was reported,
     /// bytes per second.
     pub default_inbound_bytes_per_second: f64,
+    /// Connections served at once; more are refused at the door. Each node keeps one (and
+    /// `storectl` one while it runs), so the default leaves room for clusters of 10,000s.
+    pub max_connections: usize,
 }
+
+/// Default of [`SchedulerConfig::max_connections`].
+pub const DEFAULT_MAX_CONNECTIONS: usize = 32_768;
 
 impl SchedulerConfig {
     pub fn new(listen: SocketAddr, certs: CertPaths) -> Self {
@@ -75,6 +81,7 @@ impl SchedulerConfig {
             check_node_names: true,
             metrics_addr: None,
             default_inbound_bytes_per_second: DEFAULT_INBOUND_BYTES_PER_SECOND,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
         }
     }
 }
@@ -336,6 +343,7 @@ pub struct Scheduler {
     endpoint: quinn::Endpoint,
     local_addr: SocketAddr,
     lease: Duration,
+    max_connections: usize,
     shared: Arc<Shared>,
     metrics_server: Option<MetricsServer>,
 }
@@ -344,7 +352,7 @@ impl Scheduler {
     /// Loads the identity and binds the QUIC endpoint. Must be called inside a tokio runtime.
     pub fn bind(config: SchedulerConfig) -> Result<Self, ServerError> {
         let identity = Identity::load(&config.certs)?;
-        let server_config = identity.quic_server(SCHEDULER_ALPN, tls::bulk_transport())?;
+        let server_config = identity.quic_server(SCHEDULER_ALPN, tls::control_transport())?;
         let bind_err = |source| ServerError::Bind { addr: config.listen, source };
         let endpoint = quinn::Endpoint::server(server_config, config.listen).map_err(bind_err)?;
         let local_addr = endpoint.local_addr().map_err(bind_err)?;
@@ -360,7 +368,8 @@ impl Scheduler {
             metrics: SchedulerMetrics::new(),
             planner: Mutex::new(Planner::new(config.default_inbound_bytes_per_second)),
         });
-        Ok(Self { endpoint, local_addr, lease: config.lease, shared, metrics_server })
+        let max_connections = config.max_connections;
+        Ok(Self { endpoint, local_addr, lease: config.lease, max_connections, shared, metrics_server })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -378,6 +387,7 @@ impl Scheduler {
         // Our own token, so that an endpoint closed under us stops our tasks and not the caller's.
         let shutdown = shutdown.child_token();
         let tracker = TaskTracker::new();
+        let slots = Arc::new(tokio::sync::Semaphore::new(self.max_connections.min(tokio::sync::Semaphore::MAX_PERMITS)));
         tracker.spawn(expire_leases(self.shared.clone(), self.lease, shutdown.clone()));
         if let Some(server) = self.metrics_server {
             let shared = self.shared.clone();
@@ -394,7 +404,16 @@ impl Scheduler {
                 incoming = self.endpoint.accept() => incoming,
             };
             let Some(incoming) = incoming else { break };
-            tracker.spawn(serve_connection(self.shared.clone(), incoming, shutdown.clone(), tracker.clone()));
+            let Ok(slot) = slots.clone().try_acquire_owned() else {
+                warn!(remote = %incoming.remote_address(), "refused a connection: {} already open", self.max_connections);
+                incoming.refuse();
+                continue;
+            };
+            let serve = serve_connection(self.shared.clone(), incoming, shutdown.clone(), tracker.clone());
+            tracker.spawn(async move {
+                let _slot = slot;
+                serve.await;
+            });
         }
         shutdown.cancel();
         crate::service::notify_stopping();

@@ -248,6 +248,50 @@ async fn client_without_a_certificate_is_refused() {
     sched.stop().await;
 }
 
+/// Connections beyond the cap are refused at the door; the ones served go on, and a slot
+/// freed by a closed connection is taken again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_beyond_the_cap_are_refused() {
+    let dir = make_certs();
+    let mut config = SchedulerConfig::new("127.0.0.1:0".parse().unwrap(), CertPaths::in_dir(dir.path(), "scheduler"));
+    config.max_connections = 1;
+    let scheduler = Scheduler::bind(config).unwrap();
+    let addr = scheduler.local_addr();
+    let shutdown = CancellationToken::new();
+    let task = tokio::spawn(scheduler.run(shutdown.clone()));
+    let sched = Running { addr, shutdown, task };
+
+    let first = client(dir.path(), "node-a", sched.addr).await;
+    first.nodes().await.expect("the first connection is served");
+    let second = async {
+        let c = SchedulerClient::connect(
+            &endpoint(),
+            sched.addr,
+            "scheduler",
+            client_config(&CertPaths::in_dir(dir.path(), "node-b")),
+        )
+        .await?;
+        c.nodes().await
+    };
+    let refused = tokio::time::timeout(Duration::from_secs(20), second).await.expect("refused in time");
+    assert!(refused.is_err(), "a second connection was served: {refused:?}");
+    first.nodes().await.expect("the first connection still works");
+    drop(first);
+    let started = Instant::now();
+    loop {
+        let again = async {
+            let c = client(dir.path(), "node-b", sched.addr).await;
+            c.nodes().await
+        };
+        match tokio::time::timeout(Duration::from_secs(5), again).await {
+            Ok(Ok(_)) => break,
+            _ if started.elapsed() < Duration::from_secs(20) => tokio::time::sleep(Duration::from_millis(200)).await,
+            other => panic!("the freed slot was never taken again: {other:?}"),
+        }
+    }
+    sched.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn heartbeat_for_an_unknown_node_gets_unknown_node() {
     let dir = make_certs();
@@ -262,7 +306,7 @@ async fn heartbeat_for_an_unknown_node_gets_unknown_node() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn nodes_speak_only_for_themselves_and_malformed_holdings_are_refused() {
+async fn nodes_speak_only_for_themselves_and_malformed_holdings_are_left_out() {
     let dir = make_certs();
     let sched = start(dir.path()).await;
     let b = client(dir.path(), "node-b", sched.addr).await;
@@ -274,11 +318,12 @@ async fn nodes_speak_only_for_themselves_and_malformed_holdings_are_refused() {
     bad.chunks = ChunkSet::full(9);
     let refused = b.announce("node-b", bad.clone()).await;
     assert!(matches!(refused, Err(SchedulerClientError::Refused(_))), "{refused:?}");
-    let refused = b.register(node("node-b", 9002), vec![bad]).await;
-    assert!(matches!(refused, Err(SchedulerClientError::Refused(_))), "{refused:?}");
-    // The refused registration changed nothing.
+    // A registration with a bad holding keeps the node and its good holdings; the bad one
+    // is left out.
+    b.register(node("node-b", 9002), vec![bad, holding("y", 4 * KIB, None)]).await.unwrap();
     assert_eq!(b.nodes().await.unwrap().len(), 1);
     assert!(b.locate("x").await.unwrap().is_empty());
+    assert_eq!(nodes_of(&b.locate("y").await.unwrap()), [("node-b", true)]);
     sched.stop().await;
 }
 

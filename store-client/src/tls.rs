@@ -209,6 +209,21 @@ pub fn bulk_transport() -> Arc<quinn::TransportConfig> {
     Arc::new(t)
 }
 
+/// Transport settings for the scheduler's control traffic: requests are small (a node's
+/// registration is the largest), so what one connection may make the scheduler buffer is
+/// kept far below what a bulk link needs, and so is the number of streams open at once.
+pub fn control_transport() -> Arc<quinn::TransportConfig> {
+    let mut t = quinn::TransportConfig::default();
+    t.stream_receive_window(quinn::VarInt::from_u32(4 << 20));
+    t.receive_window(quinn::VarInt::from_u32(16 << 20));
+    t.send_window(16 << 20);
+    t.max_concurrent_bidi_streams(quinn::VarInt::from_u32(256));
+    t.max_concurrent_uni_streams(quinn::VarInt::from_u32(0));
+    t.keep_alive_interval(Some(std::time::Duration::from_secs(2)));
+    t.max_idle_timeout(Some(quinn::VarInt::from_u32(10_000).into()));
+    Arc::new(t)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -178,7 +178,7 @@ impl Cluster {
         let identity = Identity::load(&config.certs)?;
         let server = identity.quic_server(PEER_ALPN, tls::bulk_transport())?;
         let peer_client = identity.quic_client(PEER_ALPN, tls::bulk_transport())?;
-        let scheduler_client = identity.quic_client(SCHEDULER_ALPN, tls::bulk_transport())?;
+        let scheduler_client = identity.quic_client(SCHEDULER_ALPN, tls::control_transport())?;
         let mut endpoint = quinn::Endpoint::server(server, config.listen)
             .map_err(|source| ClusterError::Bind { addr: config.listen, source })?;
         endpoint.set_default_client_config(peer_client);
