@@ -154,16 +154,34 @@ fn sysusers_and_tmpfiles_entries_apply_to_a_fresh_root() {
         assert_eq!(entry.split(':').nth(3), Some(gid_of_store), "{entry}");
     }
 
-    run(Command::new("systemd-tmpfiles")
-        .arg(format!("--root={}", root.path().display()))
-        .arg("--create")
-        .arg(systemd_dir().join("tmpfiles.d/store.conf")));
+    let tmpfiles = || {
+        let mut cmd = Command::new("systemd-tmpfiles");
+        cmd.arg(format!("--root={}", root.path().display()))
+            .arg("--create")
+            .arg(systemd_dir().join("tmpfiles.d/store.conf"));
+        cmd
+    };
+    let as_root = nix::unistd::geteuid().is_root();
+    if as_root {
+        run(&mut tmpfiles());
+    } else {
+        // Without root the directories are made but cannot be given to `store`: every
+        // error must be that refused chown, and ownership is checked only as root.
+        let out = tmpfiles().output().unwrap();
+        let said = String::from_utf8_lossy(&out.stderr);
+        let other: Vec<&str> =
+            said.lines().filter(|l| !(l.starts_with("fchownat()") && l.ends_with("Operation not permitted"))).collect();
+        assert!(other.is_empty(), "systemd-tmpfiles as uid {}: {}\n{said}", nix::unistd::geteuid(), out.status);
+        store_tests::skip::skip("the tmpfiles entries' owner group is checked only as root (chown needs it)");
+    }
     use std::os::unix::fs::{MetadataExt, PermissionsExt};
     for (dir, mode) in [("etc/store/certs", 0o750), ("etc/store/s2t-runner", 0o750), ("var/lib/s2t-runner", 0o750)] {
         let meta = std::fs::metadata(root.path().join(dir)).unwrap();
         assert!(meta.is_dir(), "{dir}");
         assert_eq!(meta.permissions().mode() & 0o7777, mode, "{dir}");
-        assert_eq!(meta.gid().to_string(), gid_of_store, "{dir} belongs to group store");
+        if as_root {
+            assert_eq!(meta.gid().to_string(), gid_of_store, "{dir} belongs to group store");
+        }
     }
 }
 
