@@ -387,7 +387,8 @@ impl Scheduler {
         // Our own token, so that an endpoint closed under us stops our tasks and not the caller's.
         let shutdown = shutdown.child_token();
         let tracker = TaskTracker::new();
-        let slots = Arc::new(tokio::sync::Semaphore::new(self.max_connections.min(tokio::sync::Semaphore::MAX_PERMITS)));
+        let slots =
+            Arc::new(tokio::sync::Semaphore::new(self.max_connections.min(tokio::sync::Semaphore::MAX_PERMITS)));
         tracker.spawn(expire_leases(self.shared.clone(), self.lease, shutdown.clone()));
         if let Some(server) = self.metrics_server {
             let shared = self.shared.clone();

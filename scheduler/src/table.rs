@@ -174,12 +174,7 @@ impl Table {
     /// holding (or a second one of the same name) is left out and returned, so that one bad
     /// entry never keeps the node and everything else it holds out of the table; an invalid
     /// node id refuses the whole registration.
-    pub fn register(
-        &mut self,
-        now: Instant,
-        info: NodeInfo,
-        holdings: Vec<Holding>,
-    ) -> Result<Registered, TableError> {
+    pub fn register(&mut self, now: Instant, info: NodeInfo, holdings: Vec<Holding>) -> Result<Registered, TableError> {
         validate_node_id(&info.id)?;
         let mut new = BTreeMap::new();
         let mut refused = Vec::new();

@@ -855,10 +855,6 @@ fn put_dir_refuses_a_directory_with_an_unstorable_path_and_stores_nothing() {
     std::fs::write(dir.path().join("z.bin"), b"zz").unwrap();
     let client = daemon.client().unwrap();
     let err = client.put_dir(dir.path(), "m", PutOptions::default()).unwrap_err();
-    assert!(
-        matches!(&err, store_client::ClientError::UnstorablePath { name, .. } if name == "m/bad\nname"),
-        "{err}"
-    );
+    assert!(matches!(&err, store_client::ClientError::UnstorablePath { name, .. } if name == "m/bad\nname"), "{err}");
     assert!(client.list().unwrap().is_empty(), "nothing stored");
 }
-
