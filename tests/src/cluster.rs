@@ -2,6 +2,7 @@
 //! and one `store-daemon` per emulated host (network namespaces from [`crate::netns`]),
 //! each daemon's unix socket reachable from the test process.
 
+use std::io::Write as _;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -10,7 +11,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use store_client::StoreClient;
 
-use crate::netns::{LinkSpec, NetnsCluster, NsChild};
+use crate::netns::{LinkSpec, NetnsCluster, NsChild, describe};
 use crate::workspace_bin;
 
 pub const SCHEDULER_PORT: u16 = 7700;
@@ -36,6 +37,10 @@ pub struct ClusterSpec {
     pub host_args: Vec<Vec<String>>,
     /// Extra scheduler arguments.
     pub scheduler_args: Vec<String>,
+    /// Where the processes' output goes: `None` inherits this process's stderr; `Some(dir)`
+    /// appends each process's stdout and stderr to `dir/node-<i>.log` or
+    /// `dir/scheduler.log`, one file per role across restarts (each start adds a `===` line).
+    pub log_dir: Option<PathBuf>,
 }
 
 impl ClusterSpec {
@@ -49,6 +54,7 @@ impl ClusterSpec {
             daemon_env: Vec::new(),
             host_args: Vec::new(),
             scheduler_args: Vec::new(),
+            log_dir: None,
         }
     }
 }
@@ -134,6 +140,7 @@ impl TestCluster {
             .args(&self.spec.scheduler_args)
             .env("STORE_LOG", &self.spec.log)
             .stdin(Stdio::null());
+        self.log_output(&mut cmd, "scheduler")?;
         self.scheduler = Some(NsChild::spawn(&mut cmd)?);
         Ok(())
     }
@@ -141,6 +148,64 @@ impl TestCluster {
     /// Kills the scheduler (SIGKILL).
     pub fn kill_scheduler(&mut self) {
         self.scheduler = None;
+    }
+
+    /// Kills the scheduler (SIGKILL), waits `pause` and starts a new one on host 0 with an
+    /// empty table: the daemons find out (`UnknownNode`) and register again.
+    pub fn restart_scheduler(&mut self, pause: Duration) -> anyhow::Result<()> {
+        self.kill_scheduler();
+        std::thread::sleep(pause);
+        self.start_scheduler()
+    }
+
+    /// Processes of the cluster that exited although nobody stopped them (a crash, a
+    /// panic), with their exit status. Each is reported once: its guard is dropped.
+    pub fn exited_by_themselves(&mut self) -> Vec<String> {
+        let mut exited = Vec::new();
+        for (i, slot) in self.daemons.iter_mut().enumerate() {
+            if let Some(child) = slot
+                && let Ok(Some(status)) = child.try_wait()
+            {
+                exited.push(format!("{} exited: {status}", node_id(i)));
+                *slot = None;
+            }
+        }
+        if let Some(child) = &mut self.scheduler
+            && let Ok(Some(status)) = child.try_wait()
+        {
+            exited.push(format!("the scheduler exited: {status}"));
+            self.scheduler = None;
+        }
+        exited
+    }
+
+    /// Whether daemon `i` has a process (started and not killed or stopped since).
+    pub fn daemon_running(&self, i: usize) -> bool {
+        self.daemons.get(i).is_some_and(Option::is_some)
+    }
+
+    /// Whether the scheduler has a process (started and not killed since).
+    pub fn scheduler_running(&self) -> bool {
+        self.scheduler.is_some()
+    }
+
+    /// The log file of `role` (`node-<i>` or `scheduler`) when [`ClusterSpec::log_dir`] is set.
+    pub fn log_path(&self, role: &str) -> Option<PathBuf> {
+        self.spec.log_dir.as_ref().map(|dir| dir.join(format!("{role}.log")))
+    }
+
+    /// Sends `cmd`'s output to the log file of `role`, if the spec asks for files.
+    fn log_output(&self, cmd: &mut std::process::Command, role: &str) -> anyhow::Result<()> {
+        let Some(path) = self.log_path(role) else { return Ok(()) };
+        let mut file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .with_context(|| format!("opening {}", path.display()))?;
+        let since_epoch = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+        writeln!(file, "=== {role} started at {:.3} (unix s): {}", since_epoch.as_secs_f64(), describe(cmd))?;
+        cmd.stdout(file.try_clone()?).stderr(file);
+        Ok(())
     }
 
     /// Spawns a daemon on host `i` under `node` with the certificates in `certs`.
@@ -169,6 +234,7 @@ impl TestCluster {
             .envs(self.spec.daemon_env.iter().map(|(k, v)| (k, v)))
             .env("STORE_LOG", &self.spec.log)
             .stdin(Stdio::null());
+        self.log_output(&mut cmd, node)?;
         NsChild::spawn(&mut cmd)
     }
 

@@ -654,6 +654,22 @@ impl NetnsCluster {
         Ok(())
     }
 
+    /// Takes host `i`'s link down (`ip link set eth0 down` inside the host) or brings it up
+    /// again: the veth stays, so nothing reaches or leaves the host while it is down, and
+    /// its shaping (the qdisc) and address come back with it.
+    pub fn set_link_up(&self, i: usize, up: bool) -> anyhow::Result<()> {
+        let Some(host) = self.hosts.get(i) else { bail!("no host {i}") };
+        sh("ip", &["-n", &host.ns, "link", "set", HOST_IF, if up { "up" } else { "down" }])?;
+        Ok(())
+    }
+
+    /// The root qdisc of host `i`'s `eth0` as `tc qdisc show` prints it (shaped links show
+    /// `qdisc tbf ... rate <R>Mbit`).
+    pub fn root_qdisc(&self, i: usize) -> anyhow::Result<String> {
+        let Some(host) = self.hosts.get(i) else { bail!("no host {i}") };
+        sh("tc", &["-n", &host.ns, "qdisc", "show", "dev", HOST_IF, "root"])
+    }
+
     /// One TCP stream from host `from` to host `to` for `seconds`, measured at the receiver
     /// (what iperf3 reports as received bits per second), with the workspace's `netprobe`
     /// binary on both ends: nothing to install. Port 5201 on `to`.

@@ -50,6 +50,11 @@ const ORIGIN_GRACE: Duration = Duration::from_secs(2);
 const ORIGIN_WINDOW: usize = 4;
 /// Origin reads failing in a row before the origin is given up for this pull.
 const ORIGIN_MAX_FAILURES: u32 = 3;
+/// Longest wait for one holder's manifest.
+const MANIFEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// A manifest request with no answer this soon is asked again on a new connection (see
+/// [`Cluster::forget_connection`]); the new one gets the rest of [`MANIFEST_TIMEOUT`].
+const MANIFEST_PROBE: Duration = Duration::from_secs(2);
 
 #[derive(Debug)]
 enum FetchError {
@@ -181,18 +186,8 @@ impl Cluster {
     ) -> Result<(Manifest, Option<S3Origin>), PullError> {
         let mut last_error = String::from("no holder");
         for loc in locations {
-            let answer = async {
-                let conn = self.connect(&loc.node, loc.addr).await?;
-                let (resp, _) = rpc::call::<_, PeerResponse>(&conn, &PeerRequest::Manifest { name: name.to_owned() })
-                    .await
-                    .map_err(|e| e.to_string())?;
-                match resp {
-                    PeerResponse::Manifest { manifest, origin, .. } => Ok((manifest, origin)),
-                    other => Err(format!("{} answered {other:?}", loc.node)),
-                }
-            };
-            match tokio::time::timeout(Duration::from_secs(10), answer).await {
-                Ok(Ok((m, origin))) => {
+            match self.ask_manifest(name, loc).await {
+                Ok((m, origin)) => {
                     // The chunk list must hash to the root the scheduler knows, and the
                     // manifest must describe the object the holder announced.
                     if let Err(e) = store_client::manifest::check_replication_chunking(m.size, m.chunk_size) {
@@ -207,11 +202,56 @@ impl Cluster {
                         _ => last_error = format!("{} sent an inconsistent manifest", loc.node),
                     }
                 }
-                Ok(Err(e)) => last_error = e,
-                Err(_) => last_error = format!("{} did not answer in time", loc.node),
+                Err(e) => last_error = e,
             }
         }
         Err(PullError::NoManifest { name: name.to_owned(), last_error })
+    }
+
+    /// The manifest of `name` from the holder `loc`, within [`MANIFEST_TIMEOUT`]. A request
+    /// that fails or has no answer within [`MANIFEST_PROBE`] is asked once more on a new
+    /// connection: the one this node had may lead to a process that is gone.
+    async fn ask_manifest(&self, name: &str, loc: &Location) -> Result<(Manifest, Option<S3Origin>), String> {
+        let started = Instant::now();
+        let request = PeerRequest::Manifest { name: name.to_owned() };
+        let late = || format!("{} did not answer in time", loc.node);
+        let mut fresh = false;
+        loop {
+            let left = MANIFEST_TIMEOUT.saturating_sub(started.elapsed());
+            let conn = match tokio::time::timeout(left, self.connect(&loc.node, loc.addr)).await {
+                Ok(conn) => conn?,
+                Err(_) => return Err(late()),
+            };
+            let left = MANIFEST_TIMEOUT.saturating_sub(started.elapsed());
+            let limit = if fresh { left } else { left.min(MANIFEST_PROBE) };
+            let failure = match tokio::time::timeout(limit, rpc::call::<_, PeerResponse>(&conn, &request)).await {
+                Ok(Ok((PeerResponse::Manifest { manifest, origin, .. }, _))) => return Ok((manifest, origin)),
+                Ok(Ok((other, _))) => return Err(format!("{} answered {other:?}", loc.node)),
+                Ok(Err(e)) => e.to_string(),
+                Err(_) => late(),
+            };
+            if fresh || started.elapsed() >= MANIFEST_TIMEOUT {
+                return Err(failure);
+            }
+            info!(peer = %loc.node, %failure, "no manifest on the connection to this peer; asking on a new one");
+            self.forget_connection(&loc.node, &conn).await;
+            fresh = true;
+        }
+    }
+
+    /// Closes `conn` and forgets it as the connection to `node` (unless another replaced it
+    /// already), so that the next request to `node` opens a new one. A holder that restarted
+    /// at the same address never answers on its predecessor's connections: they are not
+    /// closed (the new process's stateless resets carry another key, and are ignored), so
+    /// without this every request on them would wait for the idle timeout (10 s).
+    async fn forget_connection(&self, node: &str, conn: &quinn::Connection) {
+        {
+            let mut peers = self.peers.lock().await;
+            if peers.get(node).is_some_and(|c| c.stable_id() == conn.stable_id()) {
+                peers.remove(node);
+            }
+        }
+        conn.close(quinn::VarInt::from_u32(0), b"unresponsive");
     }
 
     async fn pull_now(self: &Arc<Self>, name: &str, timeout: Duration, start: PullStart) -> PullResult {
@@ -451,7 +491,15 @@ impl Cluster {
                 tasks.spawn(async move {
                     let _in_flight = cluster.metrics.chunk_in_flight(Direction::In);
                     let result = match cluster.connect(&req.peer, addr).await {
-                        Ok(conn) => fetch_chunk(&conn, &target, req.index).await,
+                        Ok(conn) => {
+                            let result = fetch_chunk(&conn, &target, req.index).await;
+                            if matches!(result, Err(FetchError::Transport { lost: true, .. })) {
+                                // The peer is quarantined; when it is asked again, it is on a
+                                // new connection (it may have restarted).
+                                cluster.forget_connection(&req.peer, &conn).await;
+                            }
+                            result
+                        }
                         Err(message) => Err(FetchError::Transport { lost: true, message }),
                     };
                     let _ = tx.send(FetchDone { peer: req.peer, index: req.index, result }).await;
