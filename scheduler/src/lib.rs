@@ -13,22 +13,7 @@
 pub mod metrics;
 pub mod placement;
 pub mod server;
-pub mod service;
 pub mod table;
 
 pub use server::{Scheduler, SchedulerConfig, ServerError};
 pub use table::{DEFAULT_LEASE, Effect, Table, TableError};
-
-/// Cancels `shutdown` on SIGTERM or SIGINT.
-pub async fn cancel_on_signals(shutdown: tokio_util::sync::CancellationToken) {
-    use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
-        tracing::warn!("cannot install signal handlers; stop the scheduler with SIGKILL");
-        return;
-    };
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
-        _ = int.recv() => tracing::info!("SIGINT: shutting down"),
-    }
-    shutdown.cancel();
-}

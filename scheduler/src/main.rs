@@ -62,7 +62,7 @@ fn cert_paths(args: &Args) -> anyhow::Result<CertPaths> {
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    scheduler::service::init_logging(&args.log).context("bad --log filter")?;
+    store_service::init_logging(&args.log).context("bad --log filter")?;
     anyhow::ensure!(args.lease_ms > 0, "--lease-ms must be positive");
     let mut config = SchedulerConfig::new(args.listen, cert_paths(&args)?);
     config.lease = Duration::from_millis(args.lease_ms);
@@ -77,9 +77,9 @@ fn main() -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(async move {
         let scheduler = Scheduler::bind(config)?;
-        scheduler::service::notify_ready(&format!("serving on {}", scheduler.local_addr()));
+        store_service::notify_ready(&format!("serving on {}", scheduler.local_addr()));
         let shutdown = CancellationToken::new();
-        tokio::spawn(scheduler::cancel_on_signals(shutdown.clone()));
+        tokio::spawn(store_service::cancel_on_signals(shutdown.clone(), "scheduler"));
         scheduler.run(shutdown).await;
         anyhow::Ok(())
     })

@@ -417,7 +417,7 @@ impl Scheduler {
             });
         }
         shutdown.cancel();
-        crate::service::notify_stopping();
+        store_service::notify_stopping("stopping");
         self.endpoint.close(quinn::VarInt::from_u32(0), b"scheduler shutting down");
         tracker.close();
         tracker.wait().await;

@@ -4,8 +4,8 @@
 //! leases and the capacity budget as plain state), and serves local clients over a unix
 //! socket with descriptor passing ([`server`], [`connection`]). Filling, sealing and
 //! hashing objects is in [`ingest`]; configuration in [`config`]. Prometheus metrics are in
-//! [`metrics`]; talking to systemd (readiness, watchdog) and journald-friendly logs in
-//! [`service`]. With a cluster configured it also replicates objects with its peers over QUIC
+//! [`metrics`]; talking to systemd (readiness, watchdog), signals and journald-friendly logs
+//! are the shared `store_service` crate's. With a cluster configured it also replicates objects with its peers over QUIC
 //! ([`cluster`]), deciding which chunk to fetch from whom with the pure state machine in
 //! [`replication`].
 
@@ -17,7 +17,6 @@ pub mod metrics;
 pub mod replication;
 pub mod s3_ingest;
 pub mod server;
-pub mod service;
 pub mod store;
 
 pub use config::DaemonConfig;

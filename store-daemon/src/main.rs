@@ -204,7 +204,7 @@ fn cluster_config(args: &Args) -> anyhow::Result<Option<ClusterConfig>> {
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    store_daemon::service::init_logging(&args.log).context("bad --log filter")?;
+    store_service::init_logging(&args.log).context("bad --log filter")?;
     let chunk_size = args.chunk_size.as_u64();
     store_client::manifest::check_chunk_size(chunk_size)
         .and_then(|()| {
@@ -246,9 +246,9 @@ fn main() -> anyhow::Result<()> {
         let daemon = Daemon::bind(config)?;
         // Every listener is bound (unix socket, QUIC endpoint, metrics): clients can connect.
         let status = format!("serving on {}", daemon.socket_path().display());
-        store_daemon::service::notify_ready(&status);
+        store_service::notify_ready(&status);
         let shutdown = CancellationToken::new();
-        tokio::spawn(store_daemon::server::cancel_on_signals(shutdown.clone()));
+        tokio::spawn(store_service::cancel_on_signals(shutdown.clone(), "daemon"));
         daemon.run(shutdown).await;
         anyhow::Ok(())
     })

@@ -214,7 +214,7 @@ impl Daemon {
             tracker.spawn(crate::cluster::serve::accept_loop(cluster.clone(), shutdown.clone(), tracker.clone()));
             tracker.spawn(crate::cluster::announce::run(cluster.clone(), shutdown.clone()));
         }
-        if let Some(interval) = crate::service::watchdog_interval() {
+        if let Some(interval) = store_service::watchdog_interval() {
             let weak = Arc::downgrade(&shared);
             // Taking the store's lock proves no request is wedged holding it (a wedged lock
             // blocks this task too, and the missing pings get the daemon restarted).
@@ -224,7 +224,7 @@ impl Daemon {
                     true
                 })
             };
-            tracker.spawn(crate::service::watchdog(interval, shutdown.clone(), healthy));
+            tracker.spawn(store_service::watchdog(interval, shutdown.clone(), healthy));
         }
         loop {
             let accepted = tokio::select! {
@@ -244,7 +244,7 @@ impl Daemon {
                 }
             }
         }
-        crate::service::notify_stopping("draining");
+        store_service::notify_stopping("draining");
         info!(grace_s = shared.config.shutdown_grace.as_secs_f64(), "draining: no new clients or peers");
         drop(listener);
         let _ = std::fs::remove_file(&shared.config.socket);
@@ -316,18 +316,4 @@ pub fn raise_fd_limit() -> u64 {
         Ok((soft, _)) => soft,
         Err(_) => 0,
     }
-}
-
-/// Cancels `shutdown` on SIGTERM or SIGINT.
-pub async fn cancel_on_signals(shutdown: CancellationToken) {
-    use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
-        warn!("cannot install signal handlers; stop the daemon with SIGKILL");
-        return;
-    };
-    tokio::select! {
-        _ = term.recv() => info!("SIGTERM: shutting down"),
-        _ = int.recv() => info!("SIGINT: shutting down"),
-    }
-    shutdown.cancel();
 }

@@ -165,7 +165,7 @@ pub fn run(role: Role) -> anyhow::Result<()> {
 }
 
 fn node(a: NodeArgs) -> anyhow::Result<()> {
-    store_daemon::service::init_logging(&a.log).context("bad --log filter")?;
+    store_service::init_logging(&a.log).context("bad --log filter")?;
     let mut config = store_daemon::DaemonConfig::new(a.socket, a.capacity);
     config.shutdown_grace = Duration::from_secs(2);
     config.cluster = Some(store_daemon::cluster::ClusterConfig {
@@ -185,20 +185,20 @@ fn node(a: NodeArgs) -> anyhow::Result<()> {
     runtime()?.block_on(async move {
         let daemon = store_daemon::Daemon::bind(config)?;
         let shutdown = CancellationToken::new();
-        tokio::spawn(store_daemon::server::cancel_on_signals(shutdown.clone()));
+        tokio::spawn(store_service::cancel_on_signals(shutdown.clone(), "daemon"));
         daemon.run(shutdown).await;
         anyhow::Ok(())
     })
 }
 
 fn scheduler(a: SchedulerArgs) -> anyhow::Result<()> {
-    scheduler::service::init_logging(&a.log).context("bad --log filter")?;
+    store_service::init_logging(&a.log).context("bad --log filter")?;
     let mut config = scheduler::SchedulerConfig::new(a.listen, CertPaths::in_dir(&a.cert_dir, "scheduler"));
     config.lease = Duration::from_millis(a.lease_ms.max(1));
     runtime()?.block_on(async move {
         let scheduler = scheduler::Scheduler::bind(config)?;
         let shutdown = CancellationToken::new();
-        tokio::spawn(scheduler::cancel_on_signals(shutdown.clone()));
+        tokio::spawn(store_service::cancel_on_signals(shutdown.clone(), "scheduler"));
         scheduler.run(shutdown).await;
         anyhow::Ok(())
     })
