@@ -23,7 +23,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 use store_client::cluster::{Holding, Location, NodeId, NodeInfo, NodeStatus};
-use store_client::manifest::chunk_count;
+use store_client::manifest::{MIN_CHUNK_SIZE, check_chunk_size, chunk_count};
 use store_client::name::{self, NameError};
 use thiserror::Error;
 
@@ -32,9 +32,6 @@ pub const DEFAULT_LEASE: Duration = Duration::from_secs(3);
 
 /// Longest accepted node id, in bytes (a DNS name's limit).
 pub const MAX_NODE_ID_LEN: usize = 253;
-
-/// Smallest chunk size a manifest may use (BLAKE3's chunk length).
-const MIN_CHUNK_SIZE: u64 = 1024;
 
 /// What a change of the table means to the outside.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -85,9 +82,7 @@ pub enum HoldingError {
 /// Checks a holding as received from the wire.
 pub fn validate_holding(h: &Holding) -> Result<(), HoldingError> {
     name::validate(&h.name)?;
-    if h.chunk_size < MIN_CHUNK_SIZE || !h.chunk_size.is_power_of_two() {
-        return Err(HoldingError::ChunkSize(h.chunk_size));
-    }
+    check_chunk_size(h.chunk_size).map_err(|_| HoldingError::ChunkSize(h.chunk_size))?;
     if !h.chunks.is_valid() {
         return Err(HoldingError::MalformedChunks);
     }

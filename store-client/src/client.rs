@@ -18,6 +18,29 @@ use crate::name::{self, NameError};
 use crate::protocol::{ErrorCode, ObjectId, ObjectInfo, PROTOCOL_VERSION, Request, Response};
 use crate::sys::{self, ReadOnlyMapping, WritableMapping};
 
+/// Environment variable naming the daemon's socket, shared by the daemon and `storectl`.
+pub const SOCKET_ENV: &str = "STORE_SOCKET";
+
+/// The socket path a daemon or client uses when none is given.
+///
+/// Under systemd `$RUNTIME_DIRECTORY/store.sock`; else `/run/store/store.sock` for root;
+/// else `$XDG_RUNTIME_DIR/store.sock` so that an unprivileged user can run a daemon.
+pub fn default_socket_path() -> PathBuf {
+    if let Some(dir) = std::env::var_os("RUNTIME_DIRECTORY") {
+        // systemd may pass several directories separated by ':'; ours is the first.
+        let first = dir.to_string_lossy().split(':').next().unwrap_or_default().to_owned();
+        return PathBuf::from(first).join("store.sock");
+    }
+    let run = PathBuf::from("/run/store");
+    if nix::unistd::geteuid().is_root() || run.exists() {
+        return run.join("store.sock");
+    }
+    match std::env::var_os("XDG_RUNTIME_DIR") {
+        Some(dir) => PathBuf::from(dir).join("store.sock"),
+        None => run.join("store.sock"),
+    }
+}
+
 #[derive(Debug, Error)]
 pub enum ClientError {
     #[error("cannot connect to the store daemon at {}: {source}", path.display())]
@@ -192,7 +215,7 @@ impl StoreClient {
 
     /// Connects to `$STORE_SOCKET`, else the default socket path.
     pub fn connect_default() -> Result<Self> {
-        let path = std::env::var_os(crate::SOCKET_ENV).map(PathBuf::from).unwrap_or_else(crate::default_socket_path);
+        let path = std::env::var_os(SOCKET_ENV).map(PathBuf::from).unwrap_or_else(default_socket_path);
         Self::connect(path)
     }
 

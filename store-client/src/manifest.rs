@@ -51,6 +51,11 @@ pub enum ManifestError {
     ChunkingForReplication { size: u64, chunk_size: u64 },
 }
 
+/// Default chunk size of manifests and replication: 4 MiB.
+pub const DEFAULT_CHUNK_SIZE: u64 = 4 * 1024 * 1024;
+/// Smallest chunk size of any manifest: one BLAKE3 chunk (1 KiB), see [`check_chunk_size`].
+pub const MIN_CHUNK_SIZE: u64 = blake3::CHUNK_LEN as u64;
+
 /// Smallest chunk a daemon uses, and accepts in a manifest from a peer. Tiny chunks from a
 /// peer would make a receiver track (and its pull plan weigh) millions of chunks.
 pub const MIN_REPLICATION_CHUNK_SIZE: u64 = 64 * 1024;
@@ -82,8 +87,18 @@ pub struct Manifest {
 /// A chunk size must be a power of two of at least one BLAKE3 chunk (1 KiB), so that every
 /// chunk is a subtree of the object's BLAKE3 tree.
 pub fn check_chunk_size(chunk_size: u64) -> Result<(), ManifestError> {
-    if chunk_size < blake3::CHUNK_LEN as u64 || !chunk_size.is_power_of_two() {
+    if chunk_size < MIN_CHUNK_SIZE || !chunk_size.is_power_of_two() {
         return Err(ManifestError::BadChunkSize(chunk_size));
+    }
+    Ok(())
+}
+
+/// The chunk size a daemon may be configured with: [`check_chunk_size`] and at least
+/// [`MIN_REPLICATION_CHUNK_SIZE`], since the daemon replicates what it cuts.
+pub fn check_store_chunk_size(chunk_size: u64) -> Result<(), ManifestError> {
+    check_chunk_size(chunk_size)?;
+    if chunk_size < MIN_REPLICATION_CHUNK_SIZE {
+        return Err(ManifestError::ChunkingForReplication { size: 0, chunk_size });
     }
     Ok(())
 }
@@ -223,7 +238,7 @@ mod tests {
     #[test]
     fn root_equals_blake3_with_default_chunks() {
         let data = pattern(3 * 4 * 1024 * 1024 + 12345);
-        let m = Manifest::compute(&data, crate::DEFAULT_CHUNK_SIZE, 2).unwrap();
+        let m = Manifest::compute(&data, DEFAULT_CHUNK_SIZE, 2).unwrap();
         assert_eq!(m.root.0, *blake3::hash(&data).as_bytes());
         assert_eq!(m.chunk_count(), 4);
     }
@@ -253,5 +268,19 @@ mod tests {
             Manifest::from_chunk_hashes(5000, 1024, vec![Digest([0; 32]); 2]),
             Err(ManifestError::ChunkCount { .. })
         ));
+    }
+
+    #[test]
+    fn store_chunk_size_is_a_replicable_chunk_size() {
+        assert_eq!(check_store_chunk_size(DEFAULT_CHUNK_SIZE), Ok(()));
+        assert_eq!(check_store_chunk_size(MIN_REPLICATION_CHUNK_SIZE), Ok(()));
+        assert_eq!(check_store_chunk_size(3 << 20), Err(ManifestError::BadChunkSize(3 << 20)));
+        assert_eq!(check_store_chunk_size(MIN_CHUNK_SIZE / 2), Err(ManifestError::BadChunkSize(MIN_CHUNK_SIZE / 2)));
+        // A valid manifest chunk size, but too small to replicate: the daemon's flag refuses it.
+        assert_eq!(check_chunk_size(MIN_CHUNK_SIZE), Ok(()));
+        assert_eq!(
+            check_store_chunk_size(MIN_CHUNK_SIZE),
+            Err(ManifestError::ChunkingForReplication { size: 0, chunk_size: MIN_CHUNK_SIZE })
+        );
     }
 }

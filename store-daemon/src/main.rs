@@ -206,13 +206,7 @@ fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     store_service::init_logging(&args.log).context("bad --log filter")?;
     let chunk_size = args.chunk_size.as_u64();
-    store_client::manifest::check_chunk_size(chunk_size)
-        .and_then(|()| {
-            (chunk_size >= store_client::manifest::MIN_REPLICATION_CHUNK_SIZE)
-                .then_some(())
-                .ok_or(store_client::manifest::ManifestError::ChunkingForReplication { size: 0, chunk_size })
-        })
-        .context("bad --chunk-size")?;
+    store_client::manifest::check_store_chunk_size(chunk_size).context("bad --chunk-size")?;
     let mut config = DaemonConfig::new(
         args.socket.clone().unwrap_or_else(store_client::default_socket_path),
         args.capacity.as_u64(),
