@@ -24,8 +24,9 @@ use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::sync::Arc;
 
 use store_client::frame::{self, FrameBuffer, FrameError};
-use store_client::protocol::{ObjectState, PROTOCOL_VERSION, Request, Response};
 use store_client::sys;
+use store_client::wire::local::{PROTOCOL_VERSION, Request, Response};
+use store_client::wire::object::ObjectState;
 use store_daemon::DaemonConfig;
 use store_daemon::connection;
 use store_daemon::server::Shared;

@@ -12,7 +12,8 @@
 //! be NaN).
 
 use store_client::frame::{self, FrameBuffer, FrameError, MAX_FRAME_LEN};
-use store_client::protocol::{ErrorCode, ObjectInfo, ObjectState, PROTOCOL_VERSION, Request, Response};
+use store_client::wire::local::{PROTOCOL_VERSION, Request, Response};
+use store_client::wire::object::{ErrorCode, ObjectInfo, ObjectState};
 
 /// What a split of the stream yielded: the frame bodies, then how it ended.
 #[derive(Debug, PartialEq)]
@@ -152,7 +153,7 @@ pub fn seeds() -> Vec<Vec<u8>> {
                 relay: true,
             }),
             frame::encode(&Request::Place {
-                spec: store_client::placement::PlaceSpec { needs: vec!["x/y".into()], ..Default::default() },
+                spec: store_client::wire::placement::PlaceSpec { needs: vec!["x/y".into()], ..Default::default() },
                 prefetch: true,
             }),
         ]

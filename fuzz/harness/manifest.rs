@@ -13,9 +13,9 @@
 //! - 3: the rest is a postcard `Holding` from the wire, checked as the scheduler checks it.
 
 use store_client::chunkset::ChunkSet;
-use store_client::cluster::Holding;
 use store_client::frame;
 use store_client::manifest::{self, Digest, Manifest, ManifestError};
+use store_client::wire::node::Holding;
 
 /// Largest chunk count the harness walks chunk by chunk.
 const WALK_LIMIT: u64 = 4096;

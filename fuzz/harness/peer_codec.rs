@@ -1,4 +1,4 @@
-//! Target `peer_codec`: the daemon <-> daemon wire types of `store_client::cluster`, read as
+//! Target `peer_codec`: the daemon <-> daemon wire types of `store_client::wire::peer`, read as
 //! `store_client::rpc::read_frame` reads one frame off a QUIC stream (a `u32` length, the
 //! limit, then exactly that many bytes of postcard). The first input byte picks the side:
 //! even decodes a [`PeerRequest`] (the serving daemon), odd a [`PeerResponse`] (the pulling
@@ -14,10 +14,11 @@
 use std::collections::BTreeMap;
 
 use store_client::chunkset::ChunkSet;
-use store_client::cluster::{PeerRequest, PeerResponse, PullReport};
 use store_client::frame::{self, MAX_FRAME_LEN};
 use store_client::manifest::{Digest, Manifest};
-use store_client::protocol::S3Origin;
+use store_client::wire::node::PullReport;
+use store_client::wire::object::S3Origin;
+use store_client::wire::peer::{PeerRequest, PeerResponse};
 
 /// Largest chunk count the harness walks chunk by chunk.
 const WALK_LIMIT: u64 = 4096;

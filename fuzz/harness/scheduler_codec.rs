@@ -1,4 +1,4 @@
-//! Target `scheduler_codec`: the daemon <-> scheduler wire types of `store_client::cluster`
+//! Target `scheduler_codec`: the daemon <-> scheduler wire types of `store_client::wire::scheduler`
 //! and the scheduler's state machines behind them. The first input byte picks the side; the
 //! rest is a stream of length-prefixed frames.
 //!
@@ -24,10 +24,11 @@ use scheduler::placement::{PlacementRequest, Planner};
 use scheduler::server::MAX_PLACE_COUNT;
 use scheduler::table::{Table, TableError};
 use store_client::chunkset::ChunkSet;
-use store_client::cluster::{Holding, NodeInfo, SchedulerRequest, SchedulerResponse};
 use store_client::frame::{self, FrameBuffer};
 use store_client::manifest::{Digest, chunk_count};
-use store_client::placement::{NodeEstimate, PlaceSpec, Placement, TransferReport};
+use store_client::wire::node::{Holding, NodeInfo};
+use store_client::wire::placement::{NodeEstimate, PlaceSpec, Placement, TransferReport};
+use store_client::wire::scheduler::{SchedulerRequest, SchedulerResponse};
 
 /// `scheduler::server`'s limit on a task's expected run time.
 const MAX_TASK_SECONDS: f64 = 7.0 * 24.0 * 3600.0;

@@ -25,8 +25,8 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
-use store_client::cluster::{NodeId, NodeInfo};
-use store_client::placement::TransferReport;
+use store_client::wire::node::{NodeId, NodeInfo};
+use store_client::wire::placement::TransferReport;
 
 /// The resource whose count is how many tasks a node runs at once (Ray's `CPU`: a task takes
 /// one by default).

@@ -23,11 +23,12 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use rustls::pki_types::{CertificateDer, ServerName};
-use store_client::cluster::{NodeId, NodeInfo, SCHEDULER_ALPN, SchedulerRequest, SchedulerResponse};
 use store_client::metrics::server::{MetricsServer, Render};
-use store_client::placement::{NodeEstimate, PlaceSpec, Placement};
 use store_client::rpc::{self, RpcError};
 use store_client::tls::{self, CertPaths, Identity, TlsError};
+use store_client::wire::node::{NodeId, NodeInfo};
+use store_client::wire::placement::{NodeEstimate, PlaceSpec, Placement};
+use store_client::wire::scheduler::{SCHEDULER_ALPN, SchedulerRequest, SchedulerResponse};
 use thiserror::Error;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;

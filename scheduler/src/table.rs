@@ -22,9 +22,9 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
-use store_client::cluster::{Holding, Location, NodeId, NodeInfo, NodeStatus};
 use store_client::manifest::{MIN_CHUNK_SIZE, check_chunk_size, chunk_count};
 use store_client::name::{self, NameError};
+use store_client::wire::node::{Holding, Location, NodeId, NodeInfo, NodeStatus};
 use thiserror::Error;
 
 /// How long a node stays in the table after its last message, unless configured otherwise.

@@ -8,10 +8,11 @@ use std::time::{Duration, Instant};
 
 use scheduler::{Scheduler, SchedulerConfig};
 use store_client::chunkset::ChunkSet;
-use store_client::cluster::{Holding, NodeInfo, SCHEDULER_ALPN};
 use store_client::manifest::chunk_count;
 use store_client::scheduler_client::{SchedulerClient, SchedulerClientError};
 use store_client::tls::{self, CertPaths, Identity};
+use store_client::wire::node::{Holding, NodeInfo};
+use store_client::wire::scheduler::SCHEDULER_ALPN;
 use tempfile::TempDir;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -119,7 +120,7 @@ fn holding(name: &str, size: u64, held: Option<&[u64]>) -> Holding {
     Holding { name: name.to_owned(), size, chunk_size: KIB, root: store_client::Digest([1; 32]), chunks }
 }
 
-fn nodes_of(locations: &[store_client::cluster::Location]) -> Vec<(&str, bool)> {
+fn nodes_of(locations: &[store_client::wire::node::Location]) -> Vec<(&str, bool)> {
     locations.iter().map(|l| (l.node.as_str(), l.is_complete())).collect()
 }
 
@@ -498,7 +499,7 @@ fn client_reconnects_to_a_scheduler_restarted_after_a_crash() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn place_ranks_by_holdings_and_reported_bandwidth_under_constraints() {
-    use store_client::placement::{PlaceSpec, TransferReport};
+    use store_client::wire::placement::{PlaceSpec, TransferReport};
     const MB: u64 = 1_000_000;
     let dir = make_certs();
     let sched = start(dir.path()).await;

@@ -15,8 +15,9 @@ use thiserror::Error;
 
 use crate::frame::{self, FrameBuffer, FrameError};
 use crate::name::{self, NameError};
-use crate::protocol::{ErrorCode, ObjectId, ObjectInfo, PROTOCOL_VERSION, Request, Response};
 use crate::sys::{self, ReadOnlyMapping, WritableMapping};
+use crate::wire::local::{PROTOCOL_VERSION, Request, Response};
+use crate::wire::object::{ErrorCode, ObjectId, ObjectInfo};
 
 /// Environment variable naming the daemon's socket, shared by the daemon and `storectl`.
 pub const SOCKET_ENV: &str = "STORE_SOCKET";
@@ -339,7 +340,7 @@ impl StoreClient {
     }
 
     /// Where `name` is in the cluster (via the daemon and its scheduler).
-    pub fn locate(&self, name: &str) -> Result<Vec<crate::cluster::Location>> {
+    pub fn locate(&self, name: &str) -> Result<Vec<crate::wire::node::Location>> {
         name::validate(name)?;
         match self.shared.call(&Request::Locate { name: name.to_owned() }, None)? {
             (Response::Located(l), _) => Ok(l),
@@ -348,7 +349,7 @@ impl StoreClient {
     }
 
     /// The cluster's live nodes.
-    pub fn nodes(&self) -> Result<Vec<crate::cluster::NodeStatus>> {
+    pub fn nodes(&self) -> Result<Vec<crate::wire::node::NodeStatus>> {
         match self.shared.call(&Request::Nodes, None)? {
             (Response::Nodes(n), _) => Ok(n),
             (other, _) => Err(unexpected(other)),
@@ -363,7 +364,7 @@ impl StoreClient {
         to: Option<Vec<String>>,
         timeout: Duration,
         relay: bool,
-    ) -> Result<Vec<crate::protocol::ReplicaOutcome>> {
+    ) -> Result<Vec<crate::wire::local::ReplicaOutcome>> {
         name::validate(name)?;
         let req = Request::Replicate { name: name.to_owned(), to, timeout_ms: timeout.as_millis() as u64, relay };
         match self.shared.call(&req, None)? {
@@ -374,7 +375,11 @@ impl StoreClient {
 
     /// Asks the scheduler (through the daemon) where to run tasks reading `spec.needs`; with
     /// `prefetch` the chosen nodes start pulling what they miss at once.
-    pub fn place(&self, spec: &crate::placement::PlaceSpec, prefetch: bool) -> Result<crate::placement::PlaceOutcome> {
+    pub fn place(
+        &self,
+        spec: &crate::wire::placement::PlaceSpec,
+        prefetch: bool,
+    ) -> Result<crate::wire::placement::PlaceOutcome> {
         for need in &spec.needs {
             name::validate(need)?;
         }
@@ -394,7 +399,7 @@ impl StoreClient {
         name: &str,
         nodes: Option<Vec<String>>,
         timeout: Duration,
-    ) -> Result<crate::protocol::CooperativePull> {
+    ) -> Result<crate::wire::local::CooperativePull> {
         name::validate(name)?;
         let req = Request::PullS3Cooperative {
             url: url.to_owned(),
@@ -408,7 +413,7 @@ impl StoreClient {
         }
     }
 
-    pub fn pull_s3(&self, url: &str, name: &str, opts: PullS3Options) -> Result<crate::protocol::S3Pull> {
+    pub fn pull_s3(&self, url: &str, name: &str, opts: PullS3Options) -> Result<crate::wire::local::S3Pull> {
         name::validate(name)?;
         let req = Request::PullS3 {
             url: url.to_owned(),
@@ -424,7 +429,7 @@ impl StoreClient {
     }
 
     /// The S3 object `name` was ingested from, if any.
-    pub fn origin(&self, name: &str) -> Result<Option<crate::protocol::S3Origin>> {
+    pub fn origin(&self, name: &str) -> Result<Option<crate::wire::object::S3Origin>> {
         name::validate(name)?;
         match self.shared.call(&Request::Origin { name: name.to_owned() }, None)? {
             (Response::Origin(o), _) => Ok(o),

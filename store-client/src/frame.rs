@@ -143,7 +143,8 @@ impl FrameBuffer {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::protocol::{ErrorCode, Request, Response};
+    use crate::wire::local::{Request, Response};
+    use crate::wire::object::ErrorCode;
 
     fn feed(fb: &mut FrameBuffer, bytes: &[u8]) {
         let spare = fb.spare(bytes.len());

@@ -1,10 +1,9 @@
 //! The contract crate of the object store.
 //!
 //! Everything two parts of the system must agree on lives here: object names
-//! ([`name`]), BLAKE3 chunk manifests ([`manifest`], [`chunkset`]), the local socket
-//! protocol and its framing ([`protocol`], [`frame`]), the cluster's wire types
-//! ([`cluster`]) and QUIC request/response helpers ([`rpc`]), mutual-TLS identities
-//! ([`tls`]), the only code that touches memfds, mappings and `SCM_RIGHTS` ([`sys`]), the
+//! ([`name`]), BLAKE3 chunk manifests ([`manifest`], [`chunkset`]), every message type of
+//! every wire, one module per conversation ([`wire`]), their framing ([`frame`]) and QUIC
+//! request/response helpers ([`rpc`]), mutual-TLS identities ([`tls`]), the only code that touches memfds, mappings and `SCM_RIGHTS` ([`sys`]), the
 //! local client applications link ([`client`]) and the scheduler's async client
 //! ([`scheduler_client`]). [`metrics`] names every Prometheus metric (and, with the
 //! `metrics-server` feature, serves a registry on `/metrics`). `storectl` and its
@@ -19,15 +18,14 @@ pub mod frame;
 pub mod manifest;
 pub mod metrics;
 pub mod name;
-pub mod placement;
-pub mod protocol;
 pub mod rpc;
 #[cfg(feature = "s3")]
 pub mod s3;
 pub mod scheduler_client;
 pub mod sys;
 pub mod tls;
+pub mod wire;
 
 pub use client::{ClientError, ObjectGuard, SOCKET_ENV, StoreClient, WritableObject, default_socket_path};
 pub use manifest::{DEFAULT_CHUNK_SIZE, Digest, Manifest};
-pub use protocol::{ErrorCode, ObjectInfo, ObjectState};
+pub use wire::object::{ErrorCode, ObjectInfo, ObjectState};

@@ -34,6 +34,24 @@ pub fn validate(name: &str) -> Result<(), NameError> {
     Ok(())
 }
 
+/// A name from the wire that [`validate`] refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid object name {name:?}: {reason}")]
+pub struct InvalidName {
+    pub name: String,
+    pub reason: NameError,
+}
+
+/// Checks each name with [`validate`]; the first bad one is the error.
+pub fn validate_all<'a>(names: impl IntoIterator<Item = &'a str>) -> Result<(), InvalidName> {
+    for name in names {
+        // Names longer than the limit are cut in the message, so an error stays small.
+        validate(name)
+            .map_err(|reason| InvalidName { name: name.chars().take(MAX_NAME_LEN.min(128)).collect(), reason })?;
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -54,5 +72,12 @@ mod tests {
         assert_eq!(validate("a//b"), Err(NameError::BadSegment));
         assert_eq!(validate("a/../b"), Err(NameError::BadSegment));
         assert_eq!(validate("dir/"), Err(NameError::BadSegment));
+    }
+
+    #[test]
+    fn long_bad_names_are_cut_in_the_error() {
+        let long = format!("{}\n", "x".repeat(5000));
+        let err = validate_all([long.as_str()]).expect_err("too long");
+        assert!(err.name.len() <= 128);
     }
 }

@@ -15,8 +15,9 @@ use std::time::Duration;
 
 use thiserror::Error;
 
-use crate::cluster::{Holding, Location, NodeInfo, NodeStatus, SchedulerRequest, SchedulerResponse};
 use crate::rpc::{self, RpcError};
+use crate::wire::node::{Holding, Location, NodeInfo, NodeStatus};
+use crate::wire::scheduler::{SchedulerRequest, SchedulerResponse};
 
 /// How long one attempt of a request (or of a connection) may take by default.
 pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
@@ -59,7 +60,7 @@ pub struct SchedulerClient {
 impl SchedulerClient {
     /// A client that connects on first use (so a daemon may start before the scheduler).
     /// `server_name` is the name in the scheduler's certificate; `config` comes from
-    /// [`crate::tls::Identity::quic_client`] with [`crate::cluster::SCHEDULER_ALPN`].
+    /// [`crate::tls::Identity::quic_client`] with [`crate::wire::scheduler::SCHEDULER_ALPN`].
     pub fn new(endpoint: &quinn::Endpoint, addr: SocketAddr, server_name: &str, config: quinn::ClientConfig) -> Self {
         Self {
             endpoint: endpoint.clone(),
@@ -154,10 +155,10 @@ impl SchedulerClient {
         }
     }
 
-    /// Chooses nodes for tasks reading `spec.needs` (see [`crate::placement`]). Not strictly
+    /// Chooses nodes for tasks reading `spec.needs` (see [`crate::wire::placement`]). Not strictly
     /// idempotent: a retry after a lost answer counts the tasks twice in the queue estimate,
     /// which only makes the nodes look a little busier until that work would have drained.
-    pub async fn place(&self, spec: &crate::placement::PlaceSpec) -> Result<crate::placement::Placement> {
+    pub async fn place(&self, spec: &crate::wire::placement::PlaceSpec) -> Result<crate::wire::placement::Placement> {
         let req = SchedulerRequest::Place { spec: spec.clone() };
         match self.exchange(|| (req.clone(), self.request_timeout)).await? {
             SchedulerResponse::Placed(placement) => Ok(placement),
@@ -166,7 +167,7 @@ impl SchedulerClient {
     }
 
     /// Reports a finished pull into `node`, for the scheduler's bandwidth estimate.
-    pub async fn report_transfer(&self, node: &str, report: crate::placement::TransferReport) -> Result<()> {
+    pub async fn report_transfer(&self, node: &str, report: crate::wire::placement::TransferReport) -> Result<()> {
         self.expect_ok(SchedulerRequest::TransferReport { node: node.to_owned(), report }).await
     }
 

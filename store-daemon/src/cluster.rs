@@ -15,10 +15,12 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
-use store_client::cluster::{NodeId, NodeInfo, PEER_ALPN, SCHEDULER_ALPN};
-use store_client::protocol::ErrorCode;
 use store_client::scheduler_client::{SchedulerClient, SchedulerClientError};
 use store_client::tls::{self, CertPaths, Identity, TlsError};
+use store_client::wire::node::{NodeId, NodeInfo};
+use store_client::wire::object::ErrorCode;
+use store_client::wire::peer::PEER_ALPN;
+use store_client::wire::scheduler::SCHEDULER_ALPN;
 use thiserror::Error;
 use tokio::sync::watch;
 
@@ -133,7 +135,7 @@ pub struct ClusterStats {
     pub pulls_failed: AtomicU64,
 }
 
-type PullResult = Result<store_client::cluster::PullReport, PullError>;
+type PullResult = Result<store_client::wire::node::PullReport, PullError>;
 
 /// A daemon's cluster membership.
 #[derive(Debug)]
@@ -317,9 +319,9 @@ impl Cluster {
         targets: Option<Vec<NodeId>>,
         timeout: Duration,
         relay: bool,
-    ) -> Result<Vec<store_client::protocol::ReplicaOutcome>, PullError> {
-        use store_client::cluster::{PeerRequest, PeerResponse};
-        use store_client::protocol::ReplicaOutcome;
+    ) -> Result<Vec<store_client::wire::local::ReplicaOutcome>, PullError> {
+        use store_client::wire::local::ReplicaOutcome;
+        use store_client::wire::peer::{PeerRequest, PeerResponse};
         let nodes = self.scheduler.nodes().await?;
         let addrs: HashMap<NodeId, SocketAddr> = nodes.iter().map(|n| (n.info.id.clone(), n.info.addr)).collect();
         let targets = targets.unwrap_or_else(|| nodes.iter().map(|n| n.info.id.clone()).collect());

@@ -22,8 +22,9 @@ use std::time::{Duration, Instant};
 
 use store_client::frame::{self, FrameBuffer, FrameError};
 use store_client::name;
-use store_client::protocol::{ErrorCode, MAX_REQUEST_LEN, ObjectId, PROTOCOL_VERSION, Request, Response, S3Pull};
 use store_client::sys;
+use store_client::wire::local::{MAX_REQUEST_LEN, PROTOCOL_VERSION, Request, Response, S3Pull};
+use store_client::wire::object::{ErrorCode, ObjectId};
 use tokio::io::Interest;
 use tokio::net::UnixStream;
 use tokio_util::sync::CancellationToken;

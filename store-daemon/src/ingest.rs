@@ -7,8 +7,8 @@ use std::sync::mpsc;
 use nix::sys::stat::SFlag;
 
 use store_client::manifest::{self, Digest, Manifest, ManifestError};
-use store_client::protocol::ErrorCode;
 use store_client::sys::{self, ReadOnlyMapping, SealError};
+use store_client::wire::object::ErrorCode;
 use thiserror::Error;
 
 #[derive(Debug, Error)]

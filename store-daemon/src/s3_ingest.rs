@@ -18,9 +18,9 @@ use std::sync::{Arc, Mutex, mpsc};
 use std::time::Instant;
 
 use store_client::manifest::{self, Digest, Manifest, ManifestError};
-use store_client::protocol::{ErrorCode, ObjectId, S3Origin};
 use store_client::s3::{DownloadStats, ObjectMeta, S3Config, S3Error, S3Reader, S3Url};
 use store_client::sys::{self, ReadOnlyMapping, WritableMapping};
+use store_client::wire::object::{ErrorCode, ObjectId, S3Origin};
 use thiserror::Error;
 use tokio::sync::OnceCell;
 

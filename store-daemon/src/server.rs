@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use store_client::metrics::server::{MetricsServer, Render};
-use store_client::protocol::ErrorCode;
+use store_client::wire::object::ErrorCode;
 use thiserror::Error;
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{Semaphore, watch};

@@ -16,10 +16,10 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use store_client::chunkset::ChunkSet;
-use store_client::cluster::Holding;
 use store_client::manifest::Manifest;
-use store_client::protocol::{ErrorCode, ObjectId, ObjectInfo, ObjectState};
 use store_client::sys::ReadOnlyMapping;
+use store_client::wire::node::Holding;
+use store_client::wire::object::{ErrorCode, ObjectId, ObjectInfo, ObjectState};
 use thiserror::Error;
 
 /// Identifies a client connection, to tie unsealed objects to their creator.

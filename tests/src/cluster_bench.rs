@@ -325,7 +325,7 @@ fn clear_receivers(cluster: &TestCluster, receivers: &[usize]) -> anyhow::Result
     for &i in receivers {
         match cluster.client(i)?.delete(OBJECT) {
             Ok(()) => {}
-            Err(e) if e.code() == Some(store_client::protocol::ErrorCode::NotFound) => {}
+            Err(e) if e.code() == Some(store_client::wire::object::ErrorCode::NotFound) => {}
             Err(e) => return Err(e).with_context(|| format!("deleting {OBJECT} on {}", node_id(i))),
         }
     }

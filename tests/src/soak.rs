@@ -34,7 +34,7 @@ use std::time::{Duration, Instant, SystemTime};
 use anyhow::{Context, bail};
 use serde::Serialize;
 use store_client::client::PutOptions;
-use store_client::protocol::ObjectId;
+use store_client::wire::object::ObjectId;
 use store_client::{ClientError, ErrorCode, ObjectGuard, ObjectState, StoreClient};
 
 use crate::DaemonProcess;

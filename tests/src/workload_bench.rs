@@ -80,8 +80,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use serde::Serialize;
 use store_client::StoreClient;
-use store_client::placement::PlaceSpec;
-use store_client::protocol::ErrorCode;
+use store_client::wire::object::ErrorCode;
+use store_client::wire::placement::PlaceSpec;
 
 use crate::cluster::{ClusterSpec, TestCluster, node_id};
 use crate::cluster_bench::Machine;

@@ -7,10 +7,10 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use store_client::cluster::{PEER_ALPN, PeerRequest, PeerResponse};
 use store_client::manifest::{Digest, Manifest};
-use store_client::protocol::S3Origin;
 use store_client::tls::{self, CertPaths, Identity};
+use store_client::wire::object::S3Origin;
+use store_client::wire::peer::{PEER_ALPN, PeerRequest, PeerResponse};
 use store_daemon::cluster::ClusterConfig;
 use store_daemon::{Daemon, DaemonConfig};
 use tokio_util::sync::CancellationToken;
@@ -352,7 +352,7 @@ fn staged_shares_take_store_room_until_dropped() {
             .unwrap()
         };
         let refused = put(socket.clone()).await.unwrap_err();
-        assert_eq!(refused.code(), Some(store_client::protocol::ErrorCode::StoreFull), "{refused}");
+        assert_eq!(refused.code(), Some(store_client::wire::object::ErrorCode::StoreFull), "{refused}");
 
         let dropped = ask(&coordinator, listen, &PeerRequest::DropShare { name: "y".into() }).await.unwrap();
         assert_eq!(dropped, PeerResponse::Dropped);

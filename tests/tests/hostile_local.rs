@@ -31,7 +31,8 @@ use nix::sys::memfd::{MFdFlags, memfd_create};
 use nix::sys::stat::Mode;
 use store_client::client::PutOptions;
 use store_client::frame::{self, FrameBuffer};
-use store_client::protocol::{ErrorCode, ObjectInfo, ObjectState, Request, Response};
+use store_client::wire::local::{Request, Response};
+use store_client::wire::object::{ErrorCode, ObjectInfo, ObjectState};
 use store_client::{ClientError, StoreClient, sys};
 
 const KIB: usize = 1024;

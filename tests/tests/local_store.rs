@@ -18,7 +18,8 @@ use memmap2::MmapOptions;
 use nix::errno::Errno;
 use store_client::client::PutOptions;
 use store_client::frame::{self, FrameBuffer};
-use store_client::protocol::{ErrorCode, ObjectInfo, ObjectState, Request, Response};
+use store_client::wire::local::{Request, Response};
+use store_client::wire::object::{ErrorCode, ObjectInfo, ObjectState};
 use store_client::{ClientError, StoreClient, sys};
 use store_tests::DaemonProcess;
 

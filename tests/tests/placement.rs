@@ -8,7 +8,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use store_client::ObjectState;
-use store_client::placement::PlaceSpec;
+use store_client::wire::placement::PlaceSpec;
 use store_tests::cluster::{ClusterSpec, TestCluster, node_id};
 use store_tests::netns::{LinkSpec, requires_root};
 use store_tests::verify::held_blake3;

@@ -353,7 +353,7 @@ fn main() -> anyhow::Result<()> {
         Command::Place { needs, labels, resources, pinned, count, task_seconds, prefetch } => {
             anyhow::ensure!(count >= 1, "--count must be at least 1");
             anyhow::ensure!(task_seconds.is_finite() && task_seconds >= 0.0, "--task-seconds must be >= 0");
-            let spec = store_client::placement::PlaceSpec {
+            let spec = store_client::wire::placement::PlaceSpec {
                 needs,
                 labels: labels.into_iter().collect(),
                 resources: resources.into_iter().collect(),

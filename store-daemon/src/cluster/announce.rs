@@ -7,8 +7,8 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use store_client::cluster::Holding;
 use store_client::scheduler_client::SchedulerClientError;
+use store_client::wire::node::Holding;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 

@@ -22,10 +22,12 @@ use std::os::fd::OwnedFd;
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
-use store_client::cluster::{NodeId, PeerRequest, PeerResponse, PullReport};
 use store_client::manifest::{self, Digest, Manifest};
-use store_client::protocol::{CooperativeOutcome, CooperativePull, S3Origin};
 use store_client::sys::ReadOnlyMapping;
+use store_client::wire::local::{CooperativeOutcome, CooperativePull};
+use store_client::wire::node::{NodeId, PullReport};
+use store_client::wire::object::S3Origin;
+use store_client::wire::peer::{PeerRequest, PeerResponse};
 use tracing::{info, warn};
 
 use super::pull::PullStart;

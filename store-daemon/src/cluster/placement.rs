@@ -16,8 +16,9 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use store_client::cluster::{NodeId, PeerRequest, PeerResponse};
-use store_client::placement::{PlaceOutcome, PlaceSpec, PrefetchOutcome, TransferReport};
+use store_client::wire::node::NodeId;
+use store_client::wire::peer::{PeerRequest, PeerResponse};
+use store_client::wire::placement::{PlaceOutcome, PlaceSpec, PrefetchOutcome, TransferReport};
 use tracing::{debug, info, warn};
 
 use super::{Cluster, PullError};

@@ -19,11 +19,12 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use store_client::cluster::{Location, NodeId, PeerRequest, PeerResponse, PullReport};
 use store_client::manifest::Manifest;
-use store_client::protocol::S3Origin;
 use store_client::rpc;
 use store_client::sys::{self, ReadOnlyMapping};
+use store_client::wire::node::{Location, NodeId, PullReport};
+use store_client::wire::object::S3Origin;
+use store_client::wire::peer::{PeerRequest, PeerResponse};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 use tracing::{debug, info, warn};

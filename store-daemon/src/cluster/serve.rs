@@ -5,8 +5,8 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use store_client::cluster::{PeerRequest, PeerResponse};
 use store_client::rpc::{self, RpcError};
+use store_client::wire::peer::{PeerRequest, PeerResponse};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, warn};

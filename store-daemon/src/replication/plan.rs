@@ -24,7 +24,7 @@
 use std::time::{Duration, Instant};
 
 use store_client::chunkset::ChunkSet;
-use store_client::cluster::NodeId;
+use store_client::wire::node::NodeId;
 
 /// Tuning of a pull.
 #[derive(Clone, Debug)]

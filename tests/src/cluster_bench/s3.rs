@@ -330,7 +330,7 @@ fn delete_everywhere(cluster: &TestCluster, hosts: impl IntoIterator<Item = usiz
     for i in hosts {
         match cluster.client(i)?.delete(OBJECT) {
             Ok(()) => {}
-            Err(e) if e.code() == Some(store_client::protocol::ErrorCode::NotFound) => {}
+            Err(e) if e.code() == Some(store_client::wire::object::ErrorCode::NotFound) => {}
             Err(e) => return Err(e).with_context(|| format!("deleting {OBJECT} on {}", node_id(i))),
         }
     }

@@ -212,8 +212,8 @@ impl Consumer {
     /// from the report, then `more` for what the case checks besides.
     fn of_pull(
         who: &str,
-        outcome: Option<&Result<store_client::cluster::PullReport, String>>,
-        more: impl FnOnce(&mut Consumer, &store_client::cluster::PullReport),
+        outcome: Option<&Result<store_client::wire::node::PullReport, String>>,
+        more: impl FnOnce(&mut Consumer, &store_client::wire::node::PullReport),
     ) -> Consumer {
         let mut c = Consumer {
             who: who.to_owned(),
@@ -763,7 +763,7 @@ impl Ctx<'_> {
         for &i in nodes {
             match self.fabric.client(i)?.delete(name) {
                 Ok(()) => {}
-                Err(e) if e.code() == Some(store_client::protocol::ErrorCode::NotFound) => {}
+                Err(e) if e.code() == Some(store_client::wire::object::ErrorCode::NotFound) => {}
                 Err(e) => return Err(e).with_context(|| format!("deleting {name} on {}", node_id(i))),
             }
         }

@@ -10,7 +10,7 @@ use std::net::SocketAddr;
 
 use serde::{Deserialize, Serialize};
 
-use crate::cluster::NodeId;
+use crate::wire::node::NodeId;
 
 /// A task (or `count` identical ones) to place.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
