@@ -12,7 +12,6 @@
 pub mod bench;
 pub mod chunkset;
 pub mod client;
-pub mod cluster;
 pub mod ctl;
 pub mod frame;
 pub mod manifest;

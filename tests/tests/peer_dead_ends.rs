@@ -10,10 +10,12 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use store_client::chunkset::ChunkSet;
-use store_client::cluster::{Holding, NodeInfo, PEER_ALPN, PeerRequest, PeerResponse, SCHEDULER_ALPN};
 use store_client::manifest::chunk_count;
 use store_client::scheduler_client::SchedulerClient;
 use store_client::tls::{self, CertPaths, Identity};
+use store_client::wire::node::{Holding, NodeInfo};
+use store_client::wire::peer::{PEER_ALPN, PeerRequest, PeerResponse};
+use store_client::wire::scheduler::SCHEDULER_ALPN;
 use store_daemon::cluster::ClusterConfig;
 use store_daemon::{Daemon, DaemonConfig};
 use tokio_util::sync::CancellationToken;
