@@ -29,7 +29,10 @@ use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
 use bytes::Bytes;
 use futures_util::{StreamExt, stream};
 
-use super::{Attempt, S3Config, S3Error, S3Reader, S3Url, classify};
+use super::config::S3Config;
+use super::error::S3Error;
+use super::reader::{Attempt, S3Reader, classify};
+use super::url::S3Url;
 
 /// S3's smallest part (all but the last): 5 MiB.
 pub const MIN_UPLOAD_PART_SIZE: u64 = 5 * 1024 * 1024;
@@ -240,7 +243,7 @@ impl S3Writer {
     ) -> Result<CompletedPart, S3Error> {
         // S3 part numbers start at 1; MAX_PARTS keeps them within i32.
         let number = i32::try_from(index + 1).map_err(|_| S3Error::InvalidSetting {
-            name: super::PART_SIZE_ENV,
+            name: super::config::PART_SIZE_ENV,
             value: index.to_string(),
             why: "too many parts".into(),
         })?;
