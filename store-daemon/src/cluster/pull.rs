@@ -11,12 +11,15 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
+use std::future::Future;
 use std::net::SocketAddr;
 use std::ops::Range;
 use std::os::fd::AsFd;
 use std::os::unix::fs::FileExt;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use store_client::manifest::Manifest;
@@ -180,14 +183,40 @@ impl Cluster {
         Ok(locations)
     }
 
+    /// The manifest of `name` from the first holder in `locations` that answers with one
+    /// this node accepts. Holders are asked in order, the next one as soon as the last
+    /// failed or has not answered within [`MANIFEST_PROBE`] (the earlier ones are still
+    /// listened to), so a holder that never answers (gone, or announced at an address where
+    /// nothing listens) costs a pull the probe time, not [`MANIFEST_TIMEOUT`].
     async fn fetch_manifest(
         &self,
         name: &str,
         locations: &[Location],
     ) -> Result<(Manifest, Option<S3Origin>), PullError> {
+        type Asking<'a> = Pin<Box<dyn Future<Output = (&'a Location, ManifestAnswer)> + Send + 'a>>;
         let mut last_error = String::from("no holder");
-        for loc in locations {
-            match self.ask_manifest(name, loc).await {
+        let mut next = locations.iter();
+        let mut asking: Vec<Asking<'_>> = Vec::new();
+        let hedge = tokio::time::sleep(Duration::ZERO);
+        tokio::pin!(hedge);
+        loop {
+            if asking.is_empty() || hedge.is_elapsed() {
+                match next.next() {
+                    Some(loc) => {
+                        asking.push(Box::pin(async move { (loc, self.ask_manifest(name, loc).await) }));
+                        hedge.as_mut().reset(tokio::time::Instant::now() + MANIFEST_PROBE);
+                    }
+                    None if asking.is_empty() => {
+                        return Err(PullError::NoManifest { name: name.to_owned(), last_error });
+                    }
+                    None => {}
+                }
+            }
+            let (loc, answer) = tokio::select! {
+                answered = first_of(&mut asking) => answered,
+                () = &mut hedge, if next.len() > 0 => continue,
+            };
+            match answer {
                 Ok((m, origin)) => {
                     // The chunk list must hash to the root the scheduler knows, and the
                     // manifest must describe the object the holder announced.
@@ -206,13 +235,12 @@ impl Cluster {
                 Err(e) => last_error = e,
             }
         }
-        Err(PullError::NoManifest { name: name.to_owned(), last_error })
     }
 
     /// The manifest of `name` from the holder `loc`, within [`MANIFEST_TIMEOUT`]. A request
     /// that fails or has no answer within [`MANIFEST_PROBE`] is asked once more on a new
     /// connection: the one this node had may lead to a process that is gone.
-    async fn ask_manifest(&self, name: &str, loc: &Location) -> Result<(Manifest, Option<S3Origin>), String> {
+    async fn ask_manifest(&self, name: &str, loc: &Location) -> ManifestAnswer {
         let started = Instant::now();
         let request = PeerRequest::Manifest { name: name.to_owned() };
         let late = || format!("{} did not answer in time", loc.node);
@@ -713,6 +741,27 @@ async fn fetch_chunk(conn: &quinn::Connection, target: &Target, index: u64) -> R
     // as received traffic, and the chunk is held either way.
     let _ = written;
     Ok(len)
+}
+
+/// A holder's manifest and the S3 origin it names, or why there is none.
+type ManifestAnswer = Result<(Manifest, Option<S3Origin>), String>;
+
+/// The output of whichever of `futures` finishes first, removed from the list; pending for
+/// ever while the list is empty.
+fn first_of<'f, T>(futures: &'f mut Vec<Pin<Box<dyn Future<Output = T> + Send + '_>>>) -> impl Future<Output = T> + 'f {
+    std::future::poll_fn(move |cx| {
+        let ready = futures.iter_mut().enumerate().find_map(|(i, f)| match f.as_mut().poll(cx) {
+            Poll::Ready(out) => Some((i, out)),
+            Poll::Pending => None,
+        });
+        match ready {
+            Some((i, out)) => {
+                drop(futures.swap_remove(i));
+                Poll::Ready(out)
+            }
+            None => Poll::Pending,
+        }
+    })
 }
 
 #[cfg(test)]
