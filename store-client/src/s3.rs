@@ -25,12 +25,14 @@
 //!
 //! The writing side (multipart uploads straight from a store mapping, `storectl push`) is
 //! [`S3Writer`], in `s3/upload.rs`. The errors are in `s3/error.rs`, URLs in `s3/url.rs`, the
-//! settings in `s3/config.rs` and the reading engine in `s3/reader.rs`; this module only
-//! re-exports their public names.
+//! settings in `s3/config.rs` and the reading engine in `s3/reader.rs`; [`ObjectSource`]
+//! (`s3/source.rs`) is what a reader goes through, with in-memory and failing sources for
+//! tests. This module only re-exports their public names.
 
 mod config;
 mod error;
 mod reader;
+mod source;
 mod upload;
 mod url;
 
@@ -40,5 +42,6 @@ pub use config::{
 };
 pub use error::S3Error;
 pub use reader::{DownloadStats, ObjectMeta, S3Reader, download_blocking, download_prefix_blocking};
+pub use source::{BoxFuture, FailWhen, FailingSource, MemorySource, ObjectSource, SourceOp};
 pub use upload::{MAX_PARTS, MIN_UPLOAD_PART_SIZE, S3Writer, UploadStats, object_body, upload_part_size};
 pub use url::S3Url;
