@@ -12,13 +12,13 @@
 //!   rounds.
 //! - `unshaped`: an unshaped link between two hosts: replication against a bare quinn stream
 //!   (same TLS and transport settings as the daemons, [`quinn_source`] / [`quinn_sink`] run
-//!   in the hosts) and iperf3 TCP, all in the same run.
+//!   in the hosts) and a plain TCP stream (`netprobe`), all in the same run.
 //!
 //! - `s3` (and `s3-coop`, the cooperative fetch's extension point): S3 downloads from an
 //!   endpoint on its own fast-linked host; see [`s3`].
 //!
 //! Bounds: S/B is the object size over the configured link rate. tbf counts whole Ethernet
-//! frames, so no payload ever reaches S/B: a TCP stream (what iperf3 measures) carries
+//! frames, so no payload ever reaches S/B: a TCP stream (what `netprobe` or iperf3 measures) carries
 //! `R * (MTU - 52) / (MTU + 14)` of payload, QUIC a little less.
 //!
 //! "digest ok" everywhere means: the BLAKE3 of the bytes a consumer maps (`get`, after the
@@ -102,7 +102,7 @@ impl BenchConfig {
         self.size as f64 * 8.0 / (f64::from(self.rate_mbit) * 1e6)
     }
 
-    /// TCP payload rate a tbf-shaped link carries (what iperf3 reaches), bit/s.
+    /// TCP payload rate a tbf-shaped link carries (what a plain TCP stream reaches), bit/s.
     pub fn tcp_payload_bps(&self) -> f64 {
         f64::from(self.rate_mbit) * 1e6 * f64::from(self.mtu.saturating_sub(52)) / f64::from(self.mtu + 14)
     }
@@ -215,8 +215,8 @@ pub struct UnshapedReport {
     pub replication_gbit: Vec<f64>,
     /// A bare quinn stream host 0 -> host 1 per round, Gbit/s.
     pub quinn_gbit: Vec<f64>,
-    pub iperf3_gbit: f64,
-    pub iperf3_retransmits: u64,
+    pub tcp_gbit: f64,
+    pub tcp_retransmits: u64,
     pub replication_median: f64,
     pub quinn_median: f64,
     /// `replication_median / quinn_median`.
@@ -689,7 +689,10 @@ fn run_source(cluster: &TestCluster, host: usize, sink: &Sink, sink_host: usize,
 }
 
 fn unshaped(cfg: &BenchConfig, mtu: u32, say: &mut impl FnMut(String)) -> anyhow::Result<UnshapedReport> {
-    say(format!("\n(d) unshaped link, MTU {mtu}: replication vs bare quinn stream vs iperf3, {} rounds", cfg.repeat));
+    say(format!(
+        "\n(d) unshaped link, MTU {mtu}: replication vs bare quinn stream vs plain TCP, {} rounds",
+        cfg.repeat
+    ));
     let mut spec = ClusterSpec::new(2, LinkSpec::unshaped(mtu));
     spec.capacity = capacity_for(cfg.size);
     spec.log = cfg.log.clone();
@@ -715,13 +718,13 @@ fn unshaped(cfg: &BenchConfig, mtu: u32, say: &mut impl FnMut(String)) -> anyhow
         quinn_gbit.push(quinn);
     }
     drop(sink.child);
-    let iperf = cluster.net().iperf3(0, 1, 3)?;
+    let tcp = cluster.net().tcp_stream(0, 1, 3.0)?;
     let replication_median = median(&replication_gbit);
     let quinn_median = median(&quinn_gbit);
     let report = UnshapedReport {
         mtu,
-        iperf3_gbit: iperf.received_bps / 1e9,
-        iperf3_retransmits: iperf.retransmits,
+        tcp_gbit: tcp.received_bps / 1e9,
+        tcp_retransmits: tcp.retransmits,
         ratio: replication_median / quinn_median,
         replication_gbit,
         quinn_gbit,
@@ -729,12 +732,12 @@ fn unshaped(cfg: &BenchConfig, mtu: u32, say: &mut impl FnMut(String)) -> anyhow
         quinn_median,
     };
     say(format!(
-        "MTU {mtu}: replication {:.3} Gbit/s, bare quinn {:.3} Gbit/s (ratio {:.0} %), iperf3 TCP {:.2} Gbit/s ({} retransmits)",
+        "MTU {mtu}: replication {:.3} Gbit/s, bare quinn {:.3} Gbit/s (ratio {:.0} %), plain TCP {:.2} Gbit/s ({} retransmits)",
         report.replication_median,
         report.quinn_median,
         report.ratio * 100.0,
-        report.iperf3_gbit,
-        report.iperf3_retransmits
+        report.tcp_gbit,
+        report.tcp_retransmits
     ));
     Ok(report)
 }
@@ -806,11 +809,11 @@ fn evaluate(cfg: &BenchConfig, report: &BenchReport) -> Vec<Target> {
             target: format!("unshaped (MTU {}): replication >= 80 % of a bare quinn stream", u.mtu),
             met: u.ratio >= 0.8,
             detail: format!(
-                "replication {:.3} Gbit/s, bare quinn {:.3} Gbit/s ({:.0} %), iperf3 TCP {:.2} Gbit/s",
+                "replication {:.3} Gbit/s, bare quinn {:.3} Gbit/s ({:.0} %), plain TCP {:.2} Gbit/s",
                 u.replication_median,
                 u.quinn_median,
                 u.ratio * 100.0,
-                u.iperf3_gbit
+                u.tcp_gbit
             ),
         });
     }

@@ -711,11 +711,6 @@ impl NetnsCluster {
         Ok(TcpResult { received_bps, received_bytes, retransmits })
     }
 
-    /// Transitional name of [`Self::tcp_stream`] (removed once the benches use the new one).
-    pub fn iperf3(&self, from: usize, to: usize, seconds: u32) -> anyhow::Result<TcpResult> {
-        self.tcp_stream(from, to, f64::from(seconds))
-    }
-
     /// Whether host `from` reaches host `to`: a four-byte TCP exchange ([`Self::tcp_stream`]
     /// of zero seconds), what `ping` checked.
     pub fn reaches(&self, from: usize, to: usize) -> anyhow::Result<bool> {
