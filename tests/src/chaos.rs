@@ -53,6 +53,7 @@ use store_client::{ClientError, ErrorCode, ObjectState, StoreClient};
 
 use crate::cluster::{ClusterSpec, TestCluster, node_id};
 use crate::netns::LinkSpec;
+use crate::rng::Rng;
 use crate::verify::{blake3_hex, held_blake3, mapped_blake3};
 
 const MIB: usize = 1 << 20;
@@ -645,7 +646,7 @@ fn run_round(
         };
         planned.push(PlannedFault { kind, host, delay: rng.millis(300, 3000), outage });
     }
-    let content_seed = rng.next();
+    let content_seed = rng.next_u64();
     let name = format!("chaos/{:x}/round-{round}", config.seed);
     let sockets: Vec<PathBuf> = (0..n).map(|i| cluster.socket(i)).collect();
     let mut fault_names: Vec<String> = Vec::new();
@@ -1173,36 +1174,4 @@ fn count_in_logs(dir: &Path, needle: &str) -> anyhow::Result<u64> {
         }
     }
     Ok(count)
-}
-
-/// splitmix64: every random choice of the chaos, seeded.
-#[derive(Debug, Clone)]
-struct Rng(u64);
-
-impl Rng {
-    fn new(seed: u64) -> Self {
-        Self(seed)
-    }
-
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in `0..n` (0 if `n` is 0).
-    fn below(&mut self, n: u64) -> u64 {
-        if n == 0 { 0 } else { self.next() % n }
-    }
-
-    fn percent(&mut self, p: u64) -> bool {
-        self.below(100) < p
-    }
-
-    /// Uniform in `lo..=hi` milliseconds.
-    fn millis(&mut self, lo: u64, hi: u64) -> Duration {
-        Duration::from_millis(if hi <= lo { lo } else { lo + self.below(hi - lo + 1) })
-    }
 }

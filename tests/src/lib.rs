@@ -7,6 +7,7 @@ pub mod cluster_bench;
 pub mod demo;
 pub mod moto;
 pub mod netns;
+pub mod rng;
 pub mod s3_server;
 pub mod skip;
 pub mod soak;

@@ -38,6 +38,7 @@ use store_client::wire::object::ObjectId;
 use store_client::{ClientError, ErrorCode, ObjectGuard, ObjectState, StoreClient};
 
 use crate::DaemonProcess;
+use crate::rng::Rng;
 
 /// Environment of a victim process: the daemon's socket (its presence selects victim mode).
 pub const VICTIM_SOCKET_ENV: &str = "STORE_SOAK_VICTIM_SOCKET";
@@ -352,42 +353,6 @@ impl SoakReport {
 // ---------------------------------------------------------------------------------------
 // Small tools
 // ---------------------------------------------------------------------------------------
-
-/// splitmix64: every random choice of the soak, seeded.
-#[derive(Debug, Clone)]
-struct Rng(u64);
-
-impl Rng {
-    fn new(seed: u64) -> Self {
-        Self(seed)
-    }
-
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in `0..n` (0 if `n` is 0).
-    fn below(&mut self, n: u64) -> u64 {
-        if n == 0 { 0 } else { self.next() % n }
-    }
-
-    /// Uniform in `lo..=hi`.
-    fn range(&mut self, lo: u64, hi: u64) -> u64 {
-        if hi <= lo { lo } else { lo + self.below(hi - lo + 1) }
-    }
-
-    fn percent(&mut self, p: u64) -> bool {
-        self.below(100) < p
-    }
-
-    fn millis(&mut self, lo: u64, hi: u64) -> Duration {
-        Duration::from_millis(self.range(lo, hi))
-    }
-}
 
 /// Object sizes: mostly small, some large, up to `max`.
 fn pick_size(rng: &mut Rng, max: u64) -> u64 {
@@ -734,7 +699,7 @@ impl Worker<'_> {
     fn put(&mut self) {
         let name = self.name();
         let size = pick_size(&mut self.rng, self.ctx.max_size);
-        let data = content(size, self.rng.next());
+        let data = content(size, self.rng.next_u64());
         self.put_named(&name, &data, true);
     }
 
@@ -801,7 +766,7 @@ impl Worker<'_> {
             }
         };
         self.tally.outcome("create", "ok");
-        let seed = self.rng.next();
+        let seed = self.rng.next_u64();
         // Fill through the writable mapping mostly, sometimes with pwrite on the memfd.
         let filled = if self.rng.percent(85) {
             obj.as_mut_slice().map(|s| {
@@ -1071,7 +1036,7 @@ fn victim(socket: &Path, seed: u64, names: u64, max_size: u64) -> ! {
                 match created {
                     Ok(mut obj) => {
                         mark(b'F');
-                        let seed = rng.next();
+                        let seed = rng.next_u64();
                         match obj.as_mut_slice() {
                             Ok(s) => {
                                 // In pieces, with pauses: a kill lands with the object half
@@ -1116,7 +1081,7 @@ fn victim(socket: &Path, seed: u64, names: u64, max_size: u64) -> ! {
             }
             25..45 => {
                 let name = victim_name(rng.below(VICTIM_NAMES));
-                let data = content(pick_size(&mut rng, max_size), rng.next());
+                let data = content(pick_size(&mut rng, max_size), rng.next_u64());
                 mark(b'P');
                 let opts = PutOptions { evictable: rng.percent(50) };
                 let mut put = client.put_with(&name, &data, opts);
@@ -1225,7 +1190,7 @@ fn run_victims(ctx: &Ctx, config: &SoakConfig) -> VictimStats {
             let spawned = Command::new(&config.victim.program)
                 .args(&config.victim.args)
                 .env(VICTIM_SOCKET_ENV, &ctx.socket)
-                .env(VICTIM_SEED_ENV, rng.next().to_string())
+                .env(VICTIM_SEED_ENV, rng.next_u64().to_string())
                 .env(VICTIM_NAMES_ENV, ctx.names.to_string())
                 .env(VICTIM_MAX_SIZE_ENV, ctx.max_size.to_string())
                 .stdin(Stdio::null())

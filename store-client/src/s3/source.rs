@@ -10,7 +10,6 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::ops::Range;
-use std::pin::Pin;
 use std::sync::{Mutex, MutexGuard};
 use std::time::Instant;
 
@@ -20,7 +19,7 @@ use super::reader::{DownloadStats, ObjectMeta, S3Reader};
 use super::url::S3Url;
 
 /// A boxed future that can move between threads: what [`ObjectSource`]'s methods return.
-pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+pub use futures_util::future::BoxFuture;
 
 /// A store of objects readable by range: S3 in production, memory in tests.
 pub trait ObjectSource: Send + Sync + fmt::Debug {

@@ -11,17 +11,16 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
-use std::future::Future;
 use std::net::SocketAddr;
 use std::ops::Range;
 use std::os::fd::AsFd;
 use std::os::unix::fs::FileExt;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::task::Poll;
 use std::time::{Duration, Instant};
 
+use futures_util::StreamExt;
+use futures_util::stream::FuturesUnordered;
 use store_client::manifest::Manifest;
 use store_client::rpc;
 use store_client::sys::{self, ReadOnlyMapping};
@@ -193,17 +192,16 @@ impl Cluster {
         name: &str,
         locations: &[Location],
     ) -> Result<(Manifest, Option<S3Origin>), PullError> {
-        type Asking<'a> = Pin<Box<dyn Future<Output = (&'a Location, ManifestAnswer)> + Send + 'a>>;
         let mut last_error = String::from("no holder");
         let mut next = locations.iter();
-        let mut asking: Vec<Asking<'_>> = Vec::new();
+        let mut asking = FuturesUnordered::new();
         let hedge = tokio::time::sleep(Duration::ZERO);
         tokio::pin!(hedge);
         loop {
             if asking.is_empty() || hedge.is_elapsed() {
                 match next.next() {
                     Some(loc) => {
-                        asking.push(Box::pin(async move { (loc, self.ask_manifest(name, loc).await) }));
+                        asking.push(async move { (loc, self.ask_manifest(name, loc).await) });
                         hedge.as_mut().reset(tokio::time::Instant::now() + MANIFEST_PROBE);
                     }
                     None if asking.is_empty() => {
@@ -213,7 +211,7 @@ impl Cluster {
                 }
             }
             let (loc, answer) = tokio::select! {
-                answered = first_of(&mut asking) => answered,
+                Some(answered) = asking.next() => answered,
                 () = &mut hedge, if next.len() > 0 => continue,
             };
             match answer {
@@ -745,24 +743,6 @@ async fn fetch_chunk(conn: &quinn::Connection, target: &Target, index: u64) -> R
 
 /// A holder's manifest and the S3 origin it names, or why there is none.
 type ManifestAnswer = Result<(Manifest, Option<S3Origin>), String>;
-
-/// The output of whichever of `futures` finishes first, removed from the list; pending for
-/// ever while the list is empty.
-fn first_of<'f, T>(futures: &'f mut Vec<Pin<Box<dyn Future<Output = T> + Send + '_>>>) -> impl Future<Output = T> + 'f {
-    std::future::poll_fn(move |cx| {
-        let ready = futures.iter_mut().enumerate().find_map(|(i, f)| match f.as_mut().poll(cx) {
-            Poll::Ready(out) => Some((i, out)),
-            Poll::Pending => None,
-        });
-        match ready {
-            Some((i, out)) => {
-                drop(futures.swap_remove(i));
-                Poll::Ready(out)
-            }
-            None => Poll::Pending,
-        }
-    })
-}
 
 #[cfg(test)]
 mod tests {
