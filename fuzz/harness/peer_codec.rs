@@ -119,7 +119,7 @@ pub fn seeds() -> Vec<Vec<u8>> {
     let requests = [
         PeerRequest::Manifest { name: "models/m".into() },
         PeerRequest::Chunk { name: "models/m".into(), index: 3 },
-        PeerRequest::Have { name: "models/m".into() },
+        PeerRequest::Have { name: "models/m".into(), known: 0 },
         PeerRequest::Pull { name: "models/m".into(), timeout_ms: 5000, relay: true },
         PeerRequest::FetchShare { name: "models/m".into(), origin: origin.clone(), chunk_size: 1024, first: 0, end: 2 },
         PeerRequest::CompleteShare {
@@ -140,6 +140,7 @@ pub fn seeds() -> Vec<Vec<u8>> {
         },
         PeerResponse::Chunk { len: 1024, uploads: 0 },
         PeerResponse::Have { held: ChunkSet::full(70), uploads: 2 },
+        PeerResponse::Busy { uploads: 4 },
         PeerResponse::Pulled(PullReport {
             node: "n1".into(),
             name: "models/m".into(),

@@ -73,6 +73,15 @@ impl ChunkSet {
         (0..self.len).filter(|&i| self.contains(i))
     }
 
+    /// Adds every chunk of `other`; a set of another length changes nothing.
+    pub fn union_with(&mut self, other: &ChunkSet) {
+        if other.len == self.len && other.words.len() == self.words.len() {
+            for (mine, theirs) in self.words.iter_mut().zip(&other.words) {
+                *mine |= theirs;
+            }
+        }
+    }
+
     /// Whether the set is well formed (decoded input may not be).
     pub fn is_valid(&self) -> bool {
         self.words.len() as u64 == self.len.div_ceil(64)

@@ -150,10 +150,17 @@ pub struct Cluster {
     pulls: std::sync::Mutex<HashMap<String, watch::Receiver<Option<PullResult>>>>,
     /// Chunk uploads in flight: the load this node reports to receivers.
     uploads: AtomicU32,
+    /// At most [`crate::replication::UPLOAD_SLOTS`] chunk uploads at once, and the requests
+    /// waiting for one.
+    upload_slots: tokio::sync::Semaphore,
+    upload_waiters: std::sync::atomic::AtomicUsize,
     limiter: Option<governor::DefaultDirectRateLimiter>,
     pub stats: ClusterStats,
     /// Wakes the announcer for an immediate sync with the scheduler.
     sync_now: tokio::sync::Notify,
+    /// Bumped whenever a chunk lands in an object being received, for the peers waiting
+    /// on a `Have` ([`serve`]).
+    chunks_landed: watch::Sender<u64>,
     pub(crate) metrics: Arc<crate::metrics::DaemonMetrics>,
     /// Cancelled when the daemon drains: pulls under way abort.
     draining: tokio_util::sync::CancellationToken,
@@ -207,9 +214,12 @@ impl Cluster {
             peers: tokio::sync::Mutex::new(HashMap::new()),
             pulls: std::sync::Mutex::new(HashMap::new()),
             uploads: AtomicU32::new(0),
+            upload_slots: tokio::sync::Semaphore::new(crate::replication::UPLOAD_SLOTS as usize),
+            upload_waiters: std::sync::atomic::AtomicUsize::new(0),
             limiter,
             stats: ClusterStats::default(),
             sync_now: tokio::sync::Notify::new(),
+            chunks_landed: watch::channel(0).0,
             metrics,
             draining: tokio_util::sync::CancellationToken::new(),
             pull_tasks: tokio_util::task::TaskTracker::new(),
@@ -249,6 +259,11 @@ impl Cluster {
 
     pub fn uploads(&self) -> u32 {
         self.uploads.load(Ordering::Relaxed)
+    }
+
+    /// Tells the peers waiting on a `Have` that a chunk landed.
+    fn chunk_landed(&self) {
+        self.chunks_landed.send_modify(|n| *n = n.wrapping_add(1));
     }
 
     /// Asks the announcer to tell the scheduler about our holdings now.

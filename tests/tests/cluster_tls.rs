@@ -178,7 +178,7 @@ fn every_peer_request_with_a_bad_name_is_refused_before_anything_happens() {
             let requests = [
                 PeerRequest::Manifest { name: bad.into() },
                 PeerRequest::Chunk { name: bad.into(), index: 0 },
-                PeerRequest::Have { name: bad.into() },
+                PeerRequest::Have { name: bad.into(), known: 0 },
                 PeerRequest::Pull { name: bad.into(), timeout_ms: 100, relay: true },
                 PeerRequest::FetchShare {
                     name: bad.into(),

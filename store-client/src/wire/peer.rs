@@ -19,8 +19,10 @@ pub enum PeerRequest {
     Manifest { name: String },
     /// One chunk; the response header is followed by its bytes.
     Chunk { name: String, index: u64 },
-    /// Which chunks the peer holds now.
-    Have { name: String },
+    /// Which chunks the peer holds: answered as soon as it holds more than `known` chunks,
+    /// or after at most a second with what it holds then (a long poll, so co-receivers of
+    /// an object learn of each other's chunks as they land).
+    Have { name: String, known: u64 },
     /// Asks the peer to fetch the object into its own store; answered when done. With
     /// `relay` false it pulls only from complete holders (single-source fan-out, for
     /// comparison).
@@ -49,7 +51,7 @@ impl PeerRequest {
         match self {
             PeerRequest::Manifest { name }
             | PeerRequest::Chunk { name, .. }
-            | PeerRequest::Have { name }
+            | PeerRequest::Have { name, .. }
             | PeerRequest::Pull { name, .. }
             | PeerRequest::FetchShare { name, .. }
             | PeerRequest::CompleteShare { name, .. }
@@ -86,6 +88,10 @@ pub enum PeerResponse {
     Pulled(PullReport),
     /// The peer does not hold the object or chunk (any more).
     NotHeld,
+    /// Every upload slot of the peer is taken: ask again later, or another holder.
+    Busy {
+        uploads: u32,
+    },
     Error {
         message: String,
     },
@@ -115,7 +121,7 @@ mod tests {
         let requests = [
             PeerRequest::Manifest { name: bad.clone() },
             PeerRequest::Chunk { name: bad.clone(), index: 0 },
-            PeerRequest::Have { name: bad.clone() },
+            PeerRequest::Have { name: bad.clone(), known: 0 },
             PeerRequest::Pull { name: bad.clone(), timeout_ms: 1, relay: true },
             PeerRequest::FetchShare { name: bad.clone(), origin: origin.clone(), chunk_size: 1024, first: 0, end: 1 },
             PeerRequest::CompleteShare { name: bad.clone(), manifest, origin, timeout_ms: 1 },

@@ -1,5 +1,6 @@
-//! Pulling an object from peers: the tokio driver of [`PullPlan`]. It only moves bytes:
-//! which chunk to ask whom is the plan's decision.
+//! Pulling an object from peers: the tokio driver of [`PullCore`]. It only moves bytes and
+//! reports what happened: which chunk to ask whom, when to ask the scheduler or the S3
+//! origin, whom to give up on and when the pull has stalled are the core's decisions.
 //!
 //! Received bytes are collected per chunk and verified against the manifest before they
 //! touch the destination memfd; the first verified copy of a chunk claims it and is written
@@ -9,9 +10,8 @@
 //! complete object is sealed and then hashed once more as a whole against the manifest's
 //! root before it is bound; any failure drops the partial object.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::fs::File;
-use std::net::SocketAddr;
 use std::ops::Range;
 use std::os::fd::AsFd;
 use std::os::unix::fs::FileExt;
@@ -21,6 +21,7 @@ use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
 use futures_util::stream::FuturesUnordered;
+use store_client::chunkset::ChunkSet;
 use store_client::manifest::Manifest;
 use store_client::rpc;
 use store_client::sys::{self, ReadOnlyMapping};
@@ -32,27 +33,16 @@ use tokio::task::JoinSet;
 use tracing::{debug, info, warn};
 
 use super::cooperative::StagedShare;
+use super::serve::HAVE_WAIT;
 use super::{Cluster, PullError, PullResult};
 use crate::metrics::{Direction, Source};
-use crate::replication::plan::{ChunkFailure, PlanConfig, PullPlan};
+use crate::replication::pull_core::{Action, CoreConfig, FetchResult, Finished, PullCore};
 use crate::server::Shared;
 use crate::store::StoreError;
 
-/// How often holders and their chunks are refreshed from the scheduler during a pull.
-const REFRESH: Duration = Duration::from_millis(100);
-/// A chunk stream that delivers nothing for this long is given up, and its peer with it.
-const STALL: Duration = Duration::from_secs(5);
-/// A peer given up is not asked again for this long, even if the scheduler still lists it.
-const QUARANTINE: Duration = Duration::from_secs(15);
-/// A pull with nothing in flight and nothing obtainable for this long fails.
-const STALLED_PULL: Duration = Duration::from_secs(10);
-/// Missing chunks no peer has offered for this long are read from the object's S3 origin,
-/// if it has one: long enough for co-receivers of a cooperative fetch to announce theirs.
-const ORIGIN_GRACE: Duration = Duration::from_secs(2);
-/// Chunks read from the origin at once.
-const ORIGIN_WINDOW: usize = 4;
-/// Origin reads failing in a row before the origin is given up for this pull.
-const ORIGIN_MAX_FAILURES: u32 = 3;
+/// A watch unanswered this long past the peer's promised wait ([`HAVE_WAIT`]) counts the peer
+/// as gone.
+const WATCH_MARGIN: Duration = Duration::from_secs(1);
 /// Longest wait for one holder's manifest.
 const MANIFEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// A manifest request with no answer this soon is asked again on a new connection (see
@@ -63,17 +53,13 @@ const MANIFEST_PROBE: Duration = Duration::from_secs(2);
 enum FetchError {
     Corrupt(String),
     NotHeld,
+    /// Every upload slot of the peer was taken; it reported this many uploads.
+    Busy(u32),
     /// The stream or connection failed; `lost` if the peer looks gone.
     Transport {
         lost: bool,
         message: String,
     },
-}
-
-struct FetchDone {
-    peer: NodeId,
-    index: u64,
-    result: Result<u64, FetchError>,
 }
 
 /// What a chunk fetch needs, shareable with its task.
@@ -434,44 +420,8 @@ impl Cluster {
         }
     }
 
-    /// Updates the plan from the scheduler's view; returns peer addresses.
-    fn apply_locations(
-        &self,
-        plan: &mut PullPlan,
-        locations: &[Location],
-        addrs: &mut HashMap<NodeId, SocketAddr>,
-        quarantine: &HashMap<NodeId, Instant>,
-        relay: bool,
-        now: Instant,
-    ) {
-        let mut pulling: Vec<&str> = vec![self.config.node_id.as_str()];
-        for loc in locations {
-            if loc.chunks.len() != plan.chunk_count() {
-                continue;
-            }
-            let complete = loc.is_complete();
-            if !complete {
-                pulling.push(&loc.node);
-            }
-            if !relay && !complete {
-                continue;
-            }
-            if quarantine.get(&loc.node).is_some_and(|until| *until > now) {
-                continue;
-            }
-            addrs.insert(loc.node.clone(), loc.addr);
-            if loc.chunks.count() > 0 {
-                plan.update_peer(&loc.node, loc.chunks.clone(), 0);
-            }
-        }
-        if relay {
-            pulling.sort_unstable();
-            pulling.dedup();
-            let rank = pulling.iter().position(|n| *n == self.config.node_id).unwrap_or(0);
-            plan.set_stripe(rank as u64, pulling.len() as u64);
-        }
-    }
-
+    /// Carries out what the pull's [`PullCore`] decides, and tells it what happened: the
+    /// only policy here is none.
     async fn drive(
         self: &Arc<Self>,
         shared: &Shared,
@@ -480,147 +430,45 @@ impl Cluster {
         sources: Sources,
         deadline: Instant,
     ) -> Result<Received, PullError> {
-        let Sources { locations, relay, held, mut origin } = sources;
+        let Sources { locations, relay, held, origin } = sources;
         let manifest = &target.manifest;
-        let mut plan = PullPlan::new(manifest.size, manifest.chunk_size, PlanConfig::default());
-        if relay {
-            plan.set_start_hint(start_hint(&self.config.node_id));
-        }
-        for index in held.into_iter().flatten() {
-            plan.mark_held(index);
-        }
-        let (origin_tx, mut origin_rx) = mpsc::channel::<(u64, Result<u64, String>)>(ORIGIN_WINDOW);
-        let mut from_origin = 0usize;
-        let mut origin_failures = 0u32;
-        let mut use_origin = false;
-        let mut s3_bytes = 0u64;
-        let mut addrs = HashMap::new();
-        let mut quarantine: HashMap<NodeId, Instant> = HashMap::new();
-        self.apply_locations(&mut plan, &locations, &mut addrs, &quarantine, relay, Instant::now());
-        let (tx, mut rx) = mpsc::channel::<FetchDone>(256);
+        let now = Instant::now();
+        let mut core = PullCore::new(
+            &self.config.node_id,
+            manifest.size,
+            manifest.chunk_size,
+            relay,
+            held.iter().flat_map(Range::clone),
+            origin.is_some(),
+            CoreConfig::default(),
+            now,
+        );
+        core.located(now, &locations);
+        let (tx, mut rx) = mpsc::unbounded_channel::<Happened>();
         let mut tasks = JoinSet::new();
-        let mut refresh = tokio::time::interval(REFRESH);
-        refresh.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut in_flight = 0usize;
-        let mut idle_since: Option<Instant> = None;
-        let mut corrupt = 0u64;
-        while !plan.is_complete() {
-            let now = Instant::now();
-            for req in plan.poll_requests(now) {
-                let Some(&addr) = addrs.get(&req.peer) else {
-                    plan.chunk_failed(&req.peer, req.index, ChunkFailure::NotHeld);
-                    continue;
-                };
-                in_flight += 1;
-                let cluster = self.clone();
-                let target = target.clone();
-                let tx = tx.clone();
-                tasks.spawn(async move {
-                    let _in_flight = cluster.metrics.chunk_in_flight(Direction::In);
-                    let result = match cluster.connect(&req.peer, addr).await {
-                        Ok(conn) => {
-                            let result = fetch_chunk(&conn, &target, req.index).await;
-                            if matches!(result, Err(FetchError::Transport { lost: true, .. })) {
-                                // The peer is quarantined; when it is asked again, it is on a
-                                // new connection (it may have restarted).
-                                cluster.forget_connection(&req.peer, &conn).await;
-                            }
-                            result
-                        }
-                        Err(message) => Err(FetchError::Transport { lost: true, message }),
-                    };
-                    let _ = tx.send(FetchDone { peer: req.peer, index: req.index, result }).await;
-                });
+        loop {
+            for action in core.poll(Instant::now()) {
+                self.perform(action, target, origin.as_ref(), &tx, &mut tasks);
             }
-            if in_flight == 0 && from_origin == 0 && plan.unreachable_chunks() > 0 {
-                let since = *idle_since.get_or_insert(now);
-                // No peer has offered what is missing for a while: from now on read such
-                // chunks from the S3 object the content came from.
-                use_origin |= now.duration_since(since) > ORIGIN_GRACE;
-                if now.duration_since(since) > STALLED_PULL {
-                    return Err(PullError::Stalled { name: target.name.clone(), missing: plan.unreachable_chunks() });
+            match core.finished() {
+                Some(Finished::Complete) => break,
+                Some(Finished::Stalled { missing }) => {
+                    tasks.abort_all();
+                    return Err(PullError::Stalled { name: target.name.clone(), missing: *missing });
                 }
-            } else {
-                idle_since = None;
+                None => {}
             }
-            if let Some(source) = origin.as_ref().filter(|_| use_origin) {
-                for index in plan.take_for_origin(ORIGIN_WINDOW - from_origin) {
-                    from_origin += 1;
-                    let (shared, target, source, tx) =
-                        (self.shared()?, target.clone(), source.clone(), origin_tx.clone());
-                    tasks.spawn(async move {
-                        let result = fetch_from_origin(&shared, &target, &source, index).await;
-                        let _ = tx.send((index, result)).await;
-                    });
-                }
-            }
+            while tasks.try_join_next().is_some() {}
+            let wake = core.poll_timeout().unwrap_or_else(|| Instant::now() + Duration::from_secs(1));
             tokio::select! {
-                Some(done) = rx.recv() => {
-                    in_flight -= 1;
-                    match done.result {
-                        Ok(bytes) => {
-                            shared.store().chunk_received(id, done.index);
-                            plan.chunk_done(&done.peer, done.index);
-                            self.stats.chunks_received.fetch_add(1, Ordering::Relaxed);
-                            self.stats.bytes_received.fetch_add(bytes, Ordering::Relaxed);
-                            self.metrics.transfer_bytes(Source::Peer, Direction::In, bytes);
-                        }
-                        Err(FetchError::Corrupt(why)) => {
-                            warn!(peer = %done.peer, index = done.index, %why, "corrupt chunk rejected");
-                            corrupt += 1;
-                            self.stats.corrupt_chunks.fetch_add(1, Ordering::Relaxed);
-                            self.stats.retries.fetch_add(1, Ordering::Relaxed);
-                            self.metrics.chunk_verify_failed();
-                            self.metrics.chunk_retried();
-                            plan.chunk_failed(&done.peer, done.index, ChunkFailure::Corrupt);
-                        }
-                        Err(FetchError::NotHeld) => {
-                            self.stats.retries.fetch_add(1, Ordering::Relaxed);
-                            self.metrics.chunk_retried();
-                            plan.chunk_failed(&done.peer, done.index, ChunkFailure::NotHeld);
-                        }
-                        Err(FetchError::Transport { lost, message }) => {
-                            debug!(peer = %done.peer, index = done.index, %message, lost, "chunk fetch failed");
-                            self.stats.retries.fetch_add(1, Ordering::Relaxed);
-                            self.metrics.chunk_retried();
-                            plan.chunk_failed(&done.peer, done.index, ChunkFailure::Transport);
-                            if lost {
-                                plan.peer_lost(&done.peer);
-                                quarantine.insert(done.peer.clone(), Instant::now() + QUARANTINE);
-                            }
-                        }
+                Some(happened) = rx.recv() => {
+                    self.tell(&mut core, shared, id, happened);
+                    // Whatever else is ready goes in before the next poll.
+                    while let Ok(happened) = rx.try_recv() {
+                        self.tell(&mut core, shared, id, happened);
                     }
                 }
-                Some((index, result)) = origin_rx.recv() => {
-                    from_origin -= 1;
-                    match result {
-                        Ok(bytes) => {
-                            origin_failures = 0;
-                            shared.store().chunk_received(id, index);
-                            plan.origin_done(index);
-                            // (The metrics counted the bytes as they landed.)
-                            s3_bytes += bytes;
-                        }
-                        Err(why) => {
-                            warn!(index, %why, "reading a chunk from the S3 origin failed");
-                            plan.origin_failed(index);
-                            self.metrics.chunk_retried();
-                            origin_failures += 1;
-                            if origin_failures >= ORIGIN_MAX_FAILURES {
-                                origin = None;
-                            }
-                        }
-                    }
-                }
-                _ = refresh.tick() => {
-                    plan.handle_timeouts(Instant::now());
-                    match self.locate_others(&target.name).await {
-                        Ok(locations) => {
-                            self.apply_locations(&mut plan, &locations, &mut addrs, &quarantine, relay, Instant::now());
-                        }
-                        Err(e) => debug!(error = %e, "refreshing holders failed; keeping the ones known"),
-                    }
-                }
+                _ = tokio::time::sleep_until(wake.into()) => {}
                 _ = tokio::time::sleep_until(deadline.into()) => {
                     tasks.abort_all();
                     return Err(PullError::Timeout(target.name.clone()));
@@ -632,9 +480,162 @@ impl Cluster {
             }
         }
         tasks.abort_all();
-        let from = plan.bytes_by_peer().map(|(p, b)| (p.to_owned(), b)).collect();
-        Ok(Received { from, corrupt, retries: plan.stats().retries, s3_bytes })
+        let stats = core.stats();
+        let from = core.bytes_by_peer().map(|(p, b)| (p.to_owned(), b)).collect();
+        Ok(Received { from, corrupt: stats.corrupt_chunks, retries: stats.retries, s3_bytes: stats.s3_bytes })
     }
+
+    /// Starts the I/O of one action; its outcome comes back on `tx`.
+    fn perform(
+        self: &Arc<Self>,
+        action: Action,
+        target: &Target,
+        origin: Option<&S3Origin>,
+        tx: &mpsc::UnboundedSender<Happened>,
+        tasks: &mut JoinSet<()>,
+    ) {
+        let (cluster, target, tx) = (self.clone(), target.clone(), tx.clone());
+        match action {
+            Action::Fetch(fetch) => {
+                tasks.spawn(async move {
+                    let _in_flight = cluster.metrics.chunk_in_flight(Direction::In);
+                    let result = match cluster.connect(&fetch.peer, fetch.addr).await {
+                        Ok(conn) => {
+                            let result = fetch_chunk(&conn, &target, fetch.index, fetch.stall).await;
+                            if matches!(result, Err(FetchError::Transport { lost: true, .. })) {
+                                // The peer is quarantined; when it is asked again, it is on a
+                                // new connection (it may have restarted).
+                                cluster.forget_connection(&fetch.peer, &conn).await;
+                            }
+                            result
+                        }
+                        Err(message) => Err(FetchError::Transport { lost: true, message }),
+                    };
+                    let _ = tx.send(Happened::Fetched { peer: fetch.peer, index: fetch.index, result });
+                });
+            }
+            Action::ReadOrigin { index } => {
+                let Some(source) = origin.cloned() else {
+                    let _ = tx.send(Happened::FromOrigin { index, result: Err("no origin".into()) });
+                    return;
+                };
+                tasks.spawn(async move {
+                    let result = match cluster.shared() {
+                        Ok(shared) => fetch_from_origin(&shared, &target, &source, index).await,
+                        Err(e) => Err(e.to_string()),
+                    };
+                    let _ = tx.send(Happened::FromOrigin { index, result });
+                });
+            }
+            Action::Locate => {
+                tasks.spawn(async move {
+                    let result = cluster.locate_others(&target.name).await;
+                    let _ = tx.send(Happened::Located(result));
+                });
+            }
+            Action::Watch { peer, addr, known } => {
+                tasks.spawn(async move {
+                    let request = PeerRequest::Have { name: target.name.clone(), known };
+                    let answer = match cluster.connect(&peer, addr).await {
+                        Ok(conn) => {
+                            let call = rpc::call::<_, PeerResponse>(&conn, &request);
+                            match tokio::time::timeout(HAVE_WAIT + WATCH_MARGIN, call).await {
+                                Ok(Ok((PeerResponse::Have { held, uploads }, _))) => Ok((held, uploads)),
+                                Ok(Ok(_)) => Err(false),
+                                // No answer within the peer's promised wait: it is gone, or
+                                // too far behind to serve anyone.
+                                Ok(Err(_)) | Err(_) => {
+                                    cluster.forget_connection(&peer, &conn).await;
+                                    Err(true)
+                                }
+                            }
+                        }
+                        Err(_) => Err(true),
+                    };
+                    let _ = tx.send(Happened::Reported { peer, answer });
+                });
+            }
+        }
+    }
+
+    /// Hands what happened to the core, and counts it.
+    fn tell(&self, core: &mut PullCore, shared: &Shared, id: u64, happened: Happened) {
+        let now = Instant::now();
+        match happened {
+            Happened::Fetched { peer, index, result } => {
+                let result = match result {
+                    Ok((bytes, uploads)) => {
+                        shared.store().chunk_received(id, index);
+                        self.chunk_landed();
+                        self.stats.chunks_received.fetch_add(1, Ordering::Relaxed);
+                        self.stats.bytes_received.fetch_add(bytes, Ordering::Relaxed);
+                        self.metrics.transfer_bytes(Source::Peer, Direction::In, bytes);
+                        FetchResult::Arrived { bytes, uploads }
+                    }
+                    Err(FetchError::Corrupt(why)) => {
+                        warn!(%peer, index, %why, "corrupt chunk rejected");
+                        self.stats.corrupt_chunks.fetch_add(1, Ordering::Relaxed);
+                        self.stats.retries.fetch_add(1, Ordering::Relaxed);
+                        self.metrics.chunk_verify_failed();
+                        self.metrics.chunk_retried();
+                        FetchResult::Corrupt
+                    }
+                    Err(FetchError::NotHeld) => {
+                        self.stats.retries.fetch_add(1, Ordering::Relaxed);
+                        self.metrics.chunk_retried();
+                        FetchResult::NotHeld
+                    }
+                    Err(FetchError::Busy(uploads)) => FetchResult::Busy { uploads },
+                    Err(FetchError::Transport { lost, message }) => {
+                        debug!(%peer, index, %message, lost, "chunk fetch failed");
+                        self.stats.retries.fetch_add(1, Ordering::Relaxed);
+                        self.metrics.chunk_retried();
+                        FetchResult::Transport { lost }
+                    }
+                };
+                core.fetch_done(now, &peer, index, result);
+            }
+            Happened::FromOrigin { index, result } => match result {
+                Ok(bytes) => {
+                    shared.store().chunk_received(id, index);
+                    self.chunk_landed();
+                    // (The metrics counted the bytes as they landed.)
+                    core.origin_done(index, Some(bytes));
+                }
+                Err(why) => {
+                    warn!(index, %why, "reading a chunk from the S3 origin failed");
+                    self.metrics.chunk_retried();
+                    core.origin_done(index, None);
+                }
+            },
+            Happened::Located(Ok(locations)) => core.located(now, &locations),
+            Happened::Located(Err(e)) => {
+                debug!(error = %e, "refreshing holders failed; keeping the ones known");
+                core.locate_failed();
+            }
+            Happened::Reported { peer, answer: Ok((held, uploads)) } => core.peer_reported(now, &peer, held, uploads),
+            Happened::Reported { peer, answer: Err(lost) } => core.watch_failed(now, &peer, lost),
+        }
+    }
+}
+
+/// What a task of [`Cluster::drive`] reports back.
+enum Happened {
+    Fetched {
+        peer: NodeId,
+        index: u64,
+        result: Result<(u64, u32), FetchError>,
+    },
+    FromOrigin {
+        index: u64,
+        result: Result<u64, String>,
+    },
+    Located(Result<Vec<Location>, PullError>),
+    /// A watch's answer, or whether the peer looks gone.
+    Reported {
+        peer: NodeId,
+        answer: Result<(ChunkSet, u32), bool>,
+    },
 }
 
 /// Where a pull's chunks can come from.
@@ -687,40 +688,39 @@ async fn fetch_from_origin(shared: &Shared, target: &Target, origin: &S3Origin, 
     Ok(read)
 }
 
-/// A stable, well-spread number from a node id (FNV-1a), where a receiver that believes it
-/// is alone starts pulling.
-fn start_hint(node: &str) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in node.bytes() {
-        h ^= u64::from(b);
-        h = h.wrapping_mul(0x0100_0000_01b3);
-    }
-    h ^ (h >> 29)
-}
-
-async fn fetch_chunk(conn: &quinn::Connection, target: &Target, index: u64) -> Result<u64, FetchError> {
+/// Fetches chunk `index`, verifies it and writes it; answers its length and the uploads
+/// the peer reported in flight.
+async fn fetch_chunk(
+    conn: &quinn::Connection,
+    target: &Target,
+    index: u64,
+    stall: Duration,
+) -> Result<(u64, u32), FetchError> {
     let transport = |message: String| FetchError::Transport { lost: false, message };
     let range = target.manifest.chunk_range(index);
     let len = range.end - range.start;
     let request = PeerRequest::Chunk { name: target.name.clone(), index };
-    let (resp, mut recv) = tokio::time::timeout(STALL, rpc::call::<_, PeerResponse>(conn, &request))
+    // The answer may wait in the peer's queue for an upload slot (a few chunk times); a
+    // peer that is gone is found by its connection closing, or by the stall below.
+    let (resp, mut recv) = tokio::time::timeout(stall * 4, rpc::call::<_, PeerResponse>(conn, &request))
         .await
         .map_err(|_| FetchError::Transport { lost: true, message: "no answer".into() })?
         .map_err(|e| FetchError::Transport { lost: conn.close_reason().is_some(), message: e.to_string() })?;
-    match resp {
-        PeerResponse::Chunk { len: l, .. } if l == len => {}
+    let uploads = match resp {
+        PeerResponse::Chunk { len: l, uploads } if l == len => uploads,
         PeerResponse::Chunk { len: l, .. } => {
             return Err(FetchError::Corrupt(format!("{l} bytes announced, {len} expected")));
         }
         PeerResponse::NotHeld => return Err(FetchError::NotHeld),
+        PeerResponse::Busy { uploads } => return Err(FetchError::Busy(uploads)),
         other => return Err(transport(format!("unexpected answer {other:?}"))),
-    }
+    };
     // Collected apart from the object: nothing unverified reaches its memfd.
     let mut bytes = Vec::with_capacity(len as usize);
     while (bytes.len() as u64) < len {
-        let piece = tokio::time::timeout(STALL, recv.read_chunk((len - bytes.len() as u64) as usize, true))
+        let piece = tokio::time::timeout(stall, recv.read_chunk((len - bytes.len() as u64) as usize, true))
             .await
-            .map_err(|_| FetchError::Transport { lost: true, message: format!("stalled for {STALL:?}") })?
+            .map_err(|_| FetchError::Transport { lost: true, message: format!("stalled for {stall:?}") })?
             .map_err(|e| FetchError::Transport { lost: conn.close_reason().is_some(), message: e.to_string() })?;
         let Some(piece) = piece else {
             return Err(transport(format!("stream ended after {} of {len} bytes", bytes.len())));
@@ -738,7 +738,7 @@ async fn fetch_chunk(conn: &quinn::Connection, target: &Target, index: u64) -> R
     // A copy that lost the race to another verified copy carried the same bytes: it counts
     // as received traffic, and the chunk is held either way.
     let _ = written;
-    Ok(len)
+    Ok((len, uploads))
 }
 
 /// A holder's manifest and the S3 origin it names, or why there is none.

@@ -14,9 +14,12 @@ use tracing::{debug, warn};
 use super::cooperative::Coordinator;
 use super::{Cluster, SEND_SLICE};
 use crate::metrics::{Direction, Source};
+use crate::replication::UPLOAD_QUEUE;
 
 /// How long a peer may take to send a whole request frame once it opened a stream.
 pub const REQUEST_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// Longest a `Have` request waits for a new chunk before it is answered anyway.
+pub const HAVE_WAIT: Duration = Duration::from_secs(1);
 /// Peer connections served at once; more are refused at the door (a cluster has one per
 /// peer node, so this is far above any honest need).
 pub const MAX_PEER_CONNECTIONS: usize = 4096;
@@ -140,11 +143,9 @@ async fn serve_stream(
             };
             rpc::write_frame(&mut send, &resp).await?;
         }
-        PeerRequest::Have { name } => {
-            let resp = match shared.store().peer_view(&name) {
-                Some(v) => PeerResponse::Have { held: v.held, uploads: cluster.uploads() },
-                None => PeerResponse::NotHeld,
-            };
+        PeerRequest::Have { name, known } => {
+            drop(shared);
+            let resp = have_when_more_than(cluster, &name, known).await;
             rpc::write_frame(&mut send, &resp).await?;
         }
         PeerRequest::Chunk { name, index } => {
@@ -152,6 +153,13 @@ async fn serve_stream(
             drop(shared);
             let Some(view) = view.filter(|v| v.held.contains(index)) else {
                 rpc::write_frame(&mut send, &PeerResponse::NotHeld).await?;
+                send.finish()?;
+                return Ok(());
+            };
+            // A few uploads at once, the next ones in order of asking; past a short queue
+            // the asker is told at once to go to another holder or come back.
+            let Some(_slot) = upload_slot(cluster).await else {
+                rpc::write_frame(&mut send, &PeerResponse::Busy { uploads: cluster.uploads() }).await?;
                 send.finish()?;
                 return Ok(());
             };
@@ -222,6 +230,45 @@ async fn serve_stream(
     }
     send.finish()?;
     Ok(())
+}
+
+/// An upload slot, after waiting in order behind at most [`UPLOAD_QUEUE`] other requests;
+/// `None` if that many wait already (or the daemon is closing).
+async fn upload_slot(cluster: &Cluster) -> Option<tokio::sync::SemaphorePermit<'_>> {
+    if let Ok(slot) = cluster.upload_slots.try_acquire() {
+        return Some(slot);
+    }
+    if cluster.upload_waiters.fetch_add(1, Ordering::AcqRel) >= UPLOAD_QUEUE {
+        cluster.upload_waiters.fetch_sub(1, Ordering::AcqRel);
+        return None;
+    }
+    // Fair: permits go to waiters in the order they asked.
+    let slot = cluster.upload_slots.acquire().await.ok();
+    cluster.upload_waiters.fetch_sub(1, Ordering::AcqRel);
+    slot
+}
+
+/// What this node holds of `name` once that is more than `known` chunks, or after
+/// [`HAVE_WAIT`] whatever it is. The store is looked at again each time a chunk lands here;
+/// no lock is held while waiting.
+async fn have_when_more_than(cluster: &Cluster, name: &str, known: u64) -> PeerResponse {
+    let mut landed = cluster.chunks_landed.subscribe();
+    let deadline = tokio::time::Instant::now() + HAVE_WAIT;
+    loop {
+        let Some(shared) = cluster.shared.upgrade() else {
+            return PeerResponse::Error { message: "shutting down".into() };
+        };
+        let view = shared.store().peer_view(name);
+        drop(shared);
+        let Some(view) = view else { return PeerResponse::NotHeld };
+        if view.held.count() > known || tokio::time::Instant::now() >= deadline {
+            return PeerResponse::Have { held: view.held, uploads: cluster.uploads() };
+        }
+        if let Ok(Err(_)) = tokio::time::timeout_at(deadline, landed.changed()).await {
+            // The cluster is going away: answer with what is held now.
+            return PeerResponse::Have { held: view.held, uploads: cluster.uploads() };
+        }
+    }
 }
 
 /// Whether a test build was told to corrupt what it serves; never in a shipped daemon.

@@ -9,11 +9,13 @@
 //! - Stripes: the receivers pulling an object at the same time split it into as many
 //!   contiguous stripes as there are of them (the driver tells each its rank among the
 //!   partial holders). A receiver asks complete holders (the source) for its own stripe
-//!   first and takes the other stripes from the receivers that own them as soon as those
+//!   only and takes the other stripes from the receivers that own them as soon as those
 //!   hold a chunk, so the source sends each chunk about once and every receiver relays its
 //!   stripe: a broadcast becomes a swarm instead of a star, and takes about one transfer
-//!   time whatever the number of receivers. Other stripes are asked of the source only when
-//!   this receiver has nothing better to do (the end game, or a stripe owner that vanished).
+//!   time whatever the number of receivers. Other stripes are asked of complete holders
+//!   only once the driver allows it ([`PullPlan::allow_any_from_complete`]: this receiver
+//!   sat idle while nothing new landed anywhere, e.g. stripe owners that stopped
+//!   progressing).
 //! - Source by load: among the peers holding a chunk, the one with the fewest uploads in
 //!   flight (its own report plus our requests to it), not a random one.
 //! - Bounded windows: at most `per_peer_window` requests to one peer and `total_window`
@@ -25,6 +27,9 @@ use std::time::{Duration, Instant};
 
 use store_client::chunkset::ChunkSet;
 use store_client::wire::node::NodeId;
+
+/// Chunks a receiver's stripe must have for it to help others from the source.
+const MIN_STEAL_STRIPE: u64 = 4;
 
 /// Tuning of a pull.
 #[derive(Clone, Debug)]
@@ -89,10 +94,14 @@ enum Chunk {
 struct Peer {
     id: NodeId,
     held: ChunkSet,
+    /// `held.is_complete()`, kept because it is asked for every chunk of every poll.
+    complete: bool,
     in_flight: u32,
     /// Uploads in flight as the peer last reported them (to everyone).
     reported_load: u32,
     failures_in_a_row: u32,
+    /// Refused a request for want of upload slots: not asked again before this.
+    busy_until: Option<Instant>,
     dead: bool,
     /// Served corrupt data: never asked again in this pull.
     banned: bool,
@@ -112,10 +121,13 @@ pub struct PullPlan {
     receivers: u64,
     /// Where a receiver that believes it is alone starts (see [`PullPlan::set_start_hint`]).
     start_hint: u64,
+    /// Other receivers' stripes may be asked of complete holders too.
+    any_from_complete: bool,
     done: u64,
     in_flight: u32,
     corrupt: u64,
     retries: u64,
+    busy: u64,
 }
 
 /// Progress counters of a pull.
@@ -125,6 +137,8 @@ pub struct PlanStats {
     pub chunks_total: u64,
     pub corrupt_chunks: u64,
     pub retries: u64,
+    /// Requests a peer refused for want of upload slots.
+    pub busy: u64,
 }
 
 impl PullPlan {
@@ -142,10 +156,12 @@ impl PullPlan {
             stripe_end: count,
             receivers: 1,
             start_hint: 0,
+            any_from_complete: false,
             done: 0,
             in_flight: 0,
             corrupt: 0,
             retries: 0,
+            busy: 0,
         }
     }
 
@@ -171,6 +187,48 @@ impl PullPlan {
         self.start_hint = hint % self.chunk_count().max(1);
     }
 
+    /// From now on complete holders may be asked for any chunk, not only this receiver's
+    /// stripe: the fallback when the stripes' owners do not deliver.
+    pub fn allow_any_from_complete(&mut self) {
+        self.any_from_complete = true;
+    }
+
+    pub fn allows_any_from_complete(&self) -> bool {
+        self.any_from_complete
+    }
+
+    /// Chunk requests in flight.
+    pub fn in_flight(&self) -> u32 {
+        self.in_flight
+    }
+
+    /// Chunks neither held nor being fetched.
+    pub fn missing(&self) -> u64 {
+        self.chunks.iter().filter(|c| **c == Chunk::Missing).count() as u64
+    }
+
+    /// Sets the uploads `peer` reported in flight (e.g. in a chunk response's header).
+    pub fn set_reported_load(&mut self, peer: &str, load: u32) {
+        if let Some(p) = self.peer_index(peer) {
+            self.peers[p].reported_load = load;
+        }
+    }
+
+    /// Adds chunk `index` to what `peer` is known to hold.
+    pub fn peer_holds(&mut self, peer: &str, index: u64) {
+        if let Some(p) = self.peer_index(peer) {
+            let peer = &mut self.peers[p];
+            if peer.held.insert(index) {
+                peer.complete = peer.held.is_complete();
+            }
+        }
+    }
+
+    /// Every chunk of this receiver's stripe is held or being fetched.
+    fn own_stripe_settled(&self) -> bool {
+        (self.stripe_start..self.stripe_end).all(|i| self.chunks[i as usize] != Chunk::Missing)
+    }
+
     fn in_stripe(&self, index: u64) -> bool {
         (self.stripe_start..self.stripe_end).contains(&index)
     }
@@ -189,17 +247,20 @@ impl PullPlan {
         self.peers.iter().position(|p| p.id == id)
     }
 
-    /// Adds a peer or refreshes what it holds and its reported load. A lost peer that
-    /// reappears is given another chance.
-    pub fn update_peer(&mut self, id: &str, held: ChunkSet, reported_load: u32) {
+    /// Adds a peer or refreshes what it holds and (if given) its reported load. A lost peer
+    /// that reappears is given another chance.
+    pub fn update_peer(&mut self, id: &str, held: ChunkSet, reported_load: Option<u32>) {
         if held.len() != self.chunk_count() || !held.is_valid() {
             return;
         }
         match self.peer_index(id) {
             Some(i) => {
                 let p = &mut self.peers[i];
+                p.complete = held.is_complete();
                 p.held = held;
-                p.reported_load = reported_load;
+                if let Some(load) = reported_load {
+                    p.reported_load = load;
+                }
                 if p.dead && !p.banned {
                     p.dead = false;
                     p.failures_in_a_row = 0;
@@ -207,14 +268,42 @@ impl PullPlan {
             }
             None => self.peers.push(Peer {
                 id: id.to_owned(),
+                complete: held.is_complete(),
                 held,
                 in_flight: 0,
-                reported_load,
+                reported_load: reported_load.unwrap_or(0),
                 failures_in_a_row: 0,
+                busy_until: None,
                 dead: false,
                 banned: false,
                 bytes: 0,
             }),
+        }
+    }
+
+    /// How many chunks `peer` is known to hold.
+    pub fn peer_count(&self, peer: &str) -> Option<u64> {
+        self.peer_index(peer).map(|p| self.peers[p].held.count())
+    }
+
+    /// Live peers that do not hold the whole object, with how many chunks they hold.
+    pub fn partial_peers(&self) -> impl Iterator<Item = (&str, u64)> {
+        self.peers.iter().filter(|p| !p.dead && !p.complete).map(|p| (p.id.as_str(), p.held.count()))
+    }
+
+    /// Adds what `held` says to what `peer` is known to hold (a view that may lag behind
+    /// what the peer reported itself), adding the peer if it is new.
+    pub fn merge_peer(&mut self, id: &str, held: &ChunkSet) {
+        if held.len() != self.chunk_count() || !held.is_valid() {
+            return;
+        }
+        match self.peer_index(id) {
+            Some(i) => {
+                let mut merged = self.peers[i].held.clone();
+                merged.union_with(held);
+                self.update_peer(id, merged, None);
+            }
+            None => self.update_peer(id, held.clone(), None),
         }
     }
 
@@ -239,41 +328,77 @@ impl PullPlan {
         self.peers.iter().enumerate().filter(move |(_, p)| !p.dead && p.held.contains(index)).map(|(i, _)| i)
     }
 
-    /// The requests to send now, up to the windows.
+    /// The requests to send now, up to the windows. Chunks are looked at in order from
+    /// this receiver's stripe start (or start hint), in two passes: first its own stripe
+    /// (from anyone) and chunks relays hold (from relays), then, if allowed, other stripes
+    /// from complete holders. A poll stops as soon as no peer has room in its window, so
+    /// its cost follows the requests it makes, not the object's chunk count.
     pub fn poll_requests(&mut self, now: Instant) -> Vec<ChunkRequest> {
         let mut out = Vec::new();
-        if self.in_flight >= self.config.total_window {
-            return out;
+        let window = if self.receivers > 1 { self.config.swarm_peer_window } else { self.config.per_peer_window };
+        for peer in &mut self.peers {
+            if peer.busy_until.is_some_and(|until| until <= now) {
+                peer.busy_until = None;
+            }
         }
-        let count = self.chunk_count();
-        // Own stripe, and whatever a relay already holds, before asking a source for
-        // another receiver's stripe; within a class, in order from the stripe's start.
-        let mut candidates: Vec<(bool, u64, u64)> = (0..count)
-            .filter(|&i| self.chunks[i as usize] == Chunk::Missing && self.holders(i).next().is_some())
-            .map(|i| {
-                let from_relay = self.holders(i).any(|p| !self.peers[p].held.is_complete());
-                let later = !(self.in_stripe(i) || from_relay);
-                let origin = if self.receivers > 1 { self.stripe_start } else { self.start_hint };
-                (later, (i + count - origin) % count, i)
+        let mut free: Vec<usize> = (0..self.peers.len())
+            .filter(|&p| {
+                let peer = &self.peers[p];
+                !peer.dead && peer.busy_until.is_none() && peer.in_flight < window
             })
             .collect();
-        candidates.sort_unstable();
-        let window = if self.receivers > 1 { self.config.swarm_peer_window } else { self.config.per_peer_window };
-        for (_, _, index) in candidates {
-            if self.in_flight >= self.config.total_window {
+        let count = self.chunk_count();
+        let origin = if self.receivers > 1 { self.stripe_start } else { self.start_hint };
+        // A receiver whose own stripe is all held or under way helps the others from the
+        // source: from the tail of the stripe before its own, backwards, while that stripe's
+        // owner works forwards from its start, so the two meet and nothing is fetched
+        // twice. Links are never shared exactly fairly, and without this the source idles
+        // while the unluckiest stripe's owner finishes alone.
+        // Only with stripes of several chunks: with one chunk each (as many receivers as
+        // chunks) every helper would race the owner for the same chunk at the source.
+        let steal =
+            self.receivers > 1 && self.stripe_end - self.stripe_start >= MIN_STEAL_STRIPE && self.own_stripe_settled();
+        for pass in 0..2 {
+            if pass == 1 && !(self.any_from_complete || steal) {
                 break;
             }
-            let best = self.holders(index).filter(|&p| self.peers[p].in_flight < window).min_by_key(|&p| {
-                let peer = &self.peers[p];
-                // Between equally loaded holders, a relay before a complete holder: the
-                // source's uplink is the one every receiver needs.
-                (peer.in_flight + peer.reported_load, peer.held.is_complete(), peer.failures_in_a_row, p)
-            });
-            let Some(p) = best else { continue };
-            self.peers[p].in_flight += 1;
-            self.in_flight += 1;
-            self.chunks[index as usize] = Chunk::InFlight { peer: p, deadline: now + self.config.chunk_timeout };
-            out.push(ChunkRequest { peer: self.peers[p].id.clone(), index });
+            for k in 0..count {
+                if free.is_empty() || self.in_flight >= self.config.total_window {
+                    return out;
+                }
+                let index = if pass == 1 { (origin + count - 1 - k) % count } else { (origin + k) % count };
+                if self.chunks[index as usize] != Chunk::Missing {
+                    continue;
+                }
+                let own = self.in_stripe(index);
+                let eligible = |peer: &Peer| match (pass, own) {
+                    (0, true) => true,
+                    (0, false) => !peer.complete,
+                    (_, own) => !own && peer.complete,
+                };
+                let best = free
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, p)| {
+                        let peer = &self.peers[**p];
+                        peer.held.contains(index) && eligible(peer)
+                    })
+                    .min_by_key(|(_, p)| {
+                        let peer = &self.peers[**p];
+                        // Between equally loaded holders, a relay before a complete holder:
+                        // the source's uplink is the one every receiver needs.
+                        (peer.in_flight + peer.reported_load, peer.complete, peer.failures_in_a_row, **p)
+                    })
+                    .map(|(slot, p)| (slot, *p));
+                let Some((slot, p)) = best else { continue };
+                self.peers[p].in_flight += 1;
+                self.in_flight += 1;
+                if self.peers[p].in_flight >= window {
+                    free.swap_remove(slot);
+                }
+                self.chunks[index as usize] = Chunk::InFlight { peer: p, deadline: now + self.config.chunk_timeout };
+                out.push(ChunkRequest { peer: self.peers[p].id.clone(), index });
+            }
         }
         out
     }
@@ -302,6 +427,15 @@ impl PullPlan {
         }
     }
 
+    /// `peer` refused a request for `index` because all its upload slots were taken: the
+    /// chunk is missing again and the peer is not asked before `until`. Not a failure.
+    pub fn chunk_busy(&mut self, peer: &str, index: u64, until: Instant) {
+        let Some(p) = self.settle(peer, index) else { return };
+        self.chunks[index as usize] = Chunk::Missing;
+        self.busy += 1;
+        self.peers[p].busy_until = Some(until);
+    }
+
     /// A chunk request to `peer` failed.
     pub fn chunk_failed(&mut self, peer: &str, index: u64, why: ChunkFailure) {
         let Some(p) = self.settle(peer, index) else { return };
@@ -312,6 +446,7 @@ impl PullPlan {
         match why {
             ChunkFailure::NotHeld => {
                 peer.held.remove(index);
+                peer.complete = false;
             }
             ChunkFailure::Corrupt | ChunkFailure::Transport => {
                 if why == ChunkFailure::Corrupt {
@@ -393,15 +528,14 @@ impl PullPlan {
         expired
     }
 
-    /// The earliest request deadline.
+    /// The earliest request deadline, or end of a busy peer's back-off.
     pub fn next_deadline(&self) -> Option<Instant> {
-        self.chunks
-            .iter()
-            .filter_map(|c| match c {
-                Chunk::InFlight { deadline, .. } => Some(*deadline),
-                _ => None,
-            })
-            .min()
+        let requests = self.chunks.iter().filter_map(|c| match c {
+            Chunk::InFlight { deadline, .. } => Some(*deadline),
+            _ => None,
+        });
+        let busy = self.peers.iter().filter(|p| !p.dead).filter_map(|p| p.busy_until);
+        requests.chain(busy).min()
     }
 
     /// Chunks this node holds, to serve to others while it pulls.
@@ -423,6 +557,7 @@ impl PullPlan {
             chunks_total: self.chunk_count(),
             corrupt_chunks: self.corrupt,
             retries: self.retries,
+            busy: self.busy,
         }
     }
 }

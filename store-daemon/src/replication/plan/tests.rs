@@ -93,7 +93,7 @@ impl Sim {
             }
             for (j, (id, held, load, visible)) in views.iter().enumerate() {
                 if i != j && *visible && held.count() > 0 {
-                    plan.update_peer(id, held.clone(), *load);
+                    plan.update_peer(id, held.clone(), Some(*load));
                 }
             }
         }
@@ -256,15 +256,15 @@ fn unknown_chunks_are_reported_unreachable_and_windows_are_respected() {
         PullPlan::new(10 * MIB, MIB, PlanConfig { per_peer_window: 2, total_window: 3, ..Default::default() });
     assert_eq!(plan.unreachable_chunks(), 10);
     assert!(plan.poll_requests(now).is_empty());
-    plan.update_peer("a", ChunkSet::from_iter_len(10, 0..5), 0);
-    plan.update_peer("b", ChunkSet::from_iter_len(10, 0..5), 0);
+    plan.update_peer("a", ChunkSet::from_iter_len(10, 0..5), Some(0));
+    plan.update_peer("b", ChunkSet::from_iter_len(10, 0..5), Some(0));
     assert_eq!(plan.unreachable_chunks(), 5);
     let reqs = plan.poll_requests(now);
     assert_eq!(reqs.len(), 3);
     assert!(reqs.iter().filter(|r| r.peer == "a").count() <= 2);
     assert!(reqs.iter().all(|r| r.index < 5));
     // A malformed peer view is ignored.
-    plan.update_peer("c", ChunkSet::empty(3), 0);
+    plan.update_peer("c", ChunkSet::empty(3), Some(0));
     assert_eq!(plan.peers().count(), 2);
     for r in reqs {
         plan.chunk_done(&r.peer, r.index);
@@ -290,13 +290,13 @@ fn chunks_no_peer_holds_go_to_the_origin_and_are_never_asked_of_peers_meanwhile(
     let now = Instant::now();
     let mut plan = PullPlan::new(8 * MIB, MIB, PlanConfig::default());
     plan.mark_held(0);
-    plan.update_peer("a", ChunkSet::from_iter_len(8, 0..4), 0);
+    plan.update_peer("a", ChunkSet::from_iter_len(8, 0..4), Some(0));
     assert_eq!(plan.unreachable_chunks(), 4);
     let taken = plan.take_for_origin(3);
     assert_eq!(taken, vec![4, 5, 6]);
     assert_eq!(plan.unreachable_chunks(), 1);
     // The peer now claims one of them: it is still not asked for it.
-    plan.update_peer("a", ChunkSet::from_iter_len(8, 0..6), 0);
+    plan.update_peer("a", ChunkSet::from_iter_len(8, 0..6), Some(0));
     let asked = plan.poll_requests(now);
     assert!(asked.iter().all(|r| !taken.contains(&r.index)), "{asked:?}");
     for r in asked {
