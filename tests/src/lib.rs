@@ -1,6 +1,7 @@
 //! Test harness and benches of the workspace: starts real daemons as processes (the binary
 //! built by cargo next to the test executable) and cleans them up even when a test fails.
 
+pub mod broadcast_sim;
 pub mod chaos;
 pub mod cluster;
 pub mod cluster_bench;
