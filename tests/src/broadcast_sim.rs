@@ -368,7 +368,7 @@ pub fn chart_path(path: &Path, size: u64, sizes: usize) -> PathBuf {
 /// Draws time/(S/B) against N (log scale) for every case of `rows` (one size; verified
 /// runs only) and the lower bound, into a PNG at `path`.
 pub fn write_chart(config: &BenchConfig, size: u64, rows: &[Row], path: &Path) -> anyhow::Result<()> {
-    register_font()?;
+    crate::demo::report::register_font()?;
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
@@ -515,42 +515,6 @@ fn seconds(s: f64) -> String {
     } else {
         format!("{s:.3} s")
     }
-}
-
-/// The system fonts tried, in order, after `STORE_DEMO_FONT` (as the demo's charts do).
-const FONT_CANDIDATES: &[&str] = &[
-    "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf",
-    "/usr/share/fonts/TTF/DejaVuSans.ttf",
-    "/usr/share/fonts/dejavu/DejaVuSans.ttf",
-    "/usr/share/fonts/dejavu-sans-fonts/DejaVuSans.ttf",
-    "/usr/share/fonts/truetype/liberation/LiberationSans-Regular.ttf",
-    "/usr/share/fonts/liberation-sans/LiberationSans-Regular.ttf",
-    "/usr/share/fonts/truetype/noto/NotoSans-Regular.ttf",
-    "/usr/share/fonts/noto/NotoSans-Regular.ttf",
-    "/usr/share/fonts/truetype/freefont/FreeSans.ttf",
-];
-
-/// Registers a system font as plotters' `sans-serif` (once per process).
-fn register_font() -> anyhow::Result<PathBuf> {
-    static FONT: std::sync::OnceLock<Result<PathBuf, String>> = std::sync::OnceLock::new();
-    FONT.get_or_init(|| {
-        let explicit = std::env::var_os("STORE_DEMO_FONT").map(PathBuf::from);
-        let path =
-            explicit.into_iter().chain(FONT_CANDIDATES.iter().map(PathBuf::from)).find(|p| p.is_file()).ok_or_else(
-                || {
-                    "no TrueType font found (install fonts-dejavu-core or set STORE_DEMO_FONT=/path/to/font.ttf)"
-                        .to_string()
-                },
-            )?;
-        let bytes = std::fs::read(&path).map_err(|e| format!("reading {}: {e}", path.display()))?;
-        // plotters keeps registered fonts for the life of the process.
-        let bytes: &'static [u8] = Box::leak(bytes.into_boxed_slice());
-        plotters::style::register_font("sans-serif", FontStyle::Normal, bytes)
-            .map_err(|_| format!("{} is not a usable TrueType font", path.display()))?;
-        Ok(path)
-    })
-    .clone()
-    .map_err(anyhow::Error::msg)
 }
 
 #[cfg(test)]

@@ -367,8 +367,9 @@ const FONT_CANDIDATES: &[&str] = &[
     "/usr/share/fonts/truetype/freefont/FreeSans.ttf",
 ];
 
-/// Registers a system font as plotters' `sans-serif` (once per process).
-fn register_font() -> anyhow::Result<PathBuf> {
+/// Registers a system font as plotters' `sans-serif` (once per process); the demo's and
+/// broadcast-sim's charts both use it.
+pub(crate) fn register_font() -> anyhow::Result<PathBuf> {
     static FONT: std::sync::OnceLock<Result<PathBuf, String>> = std::sync::OnceLock::new();
     FONT.get_or_init(|| {
         let explicit = std::env::var_os("STORE_DEMO_FONT").map(PathBuf::from);
