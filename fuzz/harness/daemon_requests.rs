@@ -1,6 +1,6 @@
 //! Target `daemon_requests`: the daemon's real request handling (`store_daemon::connection`)
 //! over a socket pair, against a fresh in-memory store per input. No socket file, no
-//! cluster, no S3: one [`Shared`] daemon state (1 MiB capacity, 4 KiB chunks), one
+//! cluster, no S3: one connection [`Context`] over a fresh [`NodeStore`] (1 MiB capacity, 4 KiB chunks), one
 //! connection task (`connection::serve`) on a current-thread runtime, one client that
 //! writes the input and reads every answer.
 //!
@@ -28,8 +28,8 @@ use store_client::sys;
 use store_client::wire::local::{PROTOCOL_VERSION, Request, Response};
 use store_client::wire::object::ObjectState;
 use store_daemon::DaemonConfig;
-use store_daemon::connection;
-use store_daemon::server::Shared;
+use store_daemon::connection::{self, Context};
+use store_daemon::node::NodeStore;
 use tokio::io::{AsyncReadExt, Interest};
 use tokio::net::UnixStream;
 use tokio_util::sync::CancellationToken;
@@ -126,11 +126,12 @@ pub fn run(data: &[u8]) {
     let mut config = DaemonConfig::new("/nonexistent/fuzz.sock".into(), CAPACITY);
     config.chunk_size = CHUNK_SIZE;
     config.hash_threads = 1;
-    let shared = Arc::new(Shared::new(config));
+    let node = Arc::new(NodeStore::new(&config));
+    let ctx = Arc::new(Context { config, node: node.clone(), cluster: None });
     let rt = tokio::runtime::Builder::new_current_thread().enable_io().enable_time().build().expect("runtime");
     let received = rt.block_on(async {
         let (daemon_end, client) = UnixStream::pair().expect("socketpair");
-        let daemon = tokio::spawn(connection::serve(shared.clone(), daemon_end, 1, CancellationToken::new()));
+        let daemon = tokio::spawn(connection::serve(ctx, daemon_end, 1, CancellationToken::new()));
         let (mut read_half, write_half) = client.into_split();
         let reader = tokio::spawn(async move {
             let mut received = Vec::new();
@@ -162,7 +163,7 @@ pub fn run(data: &[u8]) {
     assert_eq!(got, answers, "answers do not match requests");
 
     // The client is gone: everything it held is given back.
-    let store = shared.store();
+    let store = node.store();
     let listed = store.list();
     for info in &listed {
         assert_eq!(info.leases, 0, "a lease outlived its connection: {info:?}");

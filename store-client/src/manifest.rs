@@ -34,7 +34,7 @@ impl fmt::Debug for Digest {
     }
 }
 
-#[derive(Debug, Error, PartialEq, Eq)]
+#[derive(Clone, Debug, Error, PartialEq, Eq)]
 pub enum ManifestError {
     #[error("chunk size {0} is not a power of two of at least 1 KiB")]
     BadChunkSize(u64),

@@ -12,11 +12,13 @@
 //! trickles in. Frames are capped at [`MAX_REQUEST_LEN`] (refused on their header, before any
 //! allocation), a frame must arrive whole within the frame timeout of its first byte and a
 //! response must be taken within it too, and a connection holds at most
-//! [`ClientLimits::max_unsealed`](crate::server::ClientLimits) unsealed objects.
+//! [`ClientLimits::max_unsealed`](crate::config::ClientLimits) unsealed objects.
+
+mod frames;
 
 use std::collections::{HashMap, HashSet};
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, OwnedFd};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -30,22 +32,26 @@ use tokio::net::UnixStream;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
+use self::frames::{FrameFds, write_frame};
 use crate::cluster::{Cluster, PullError};
+use crate::config::DaemonConfig;
 use crate::ingest::{self, IngestError};
 use crate::metrics::{Direction, Source};
+use crate::node::{NodeStore, Room};
 use crate::s3_ingest;
-use crate::server::Shared;
 use crate::store::{Adopted, ConnId, Lookup, StoreError};
 
-/// Objects at most this large are sealed and hashed on the connection's task; larger ones
-/// go to the blocking pool.
-const INLINE_HASH_LIMIT: u64 = 256 * 1024;
+/// What every connection is served with.
+#[derive(Debug)]
+pub struct Context {
+    pub config: DaemonConfig,
+    pub node: Arc<NodeStore>,
+    /// The cluster membership, if this daemon has one.
+    pub cluster: Option<Arc<Cluster>>,
+}
 
 /// Longest transfer a `get` with a zero timeout starts for an object held elsewhere.
 const PULL_FOR_GET_LIMIT: Duration = Duration::from_secs(600);
-
-/// Most descriptors any request takes ([`Request::descriptors`]).
-const MAX_FDS_PER_REQUEST: usize = 1;
 
 /// A request's failure, as it goes on the wire.
 #[derive(Debug)]
@@ -88,13 +94,15 @@ type Reply = Result<(Response, Option<Arc<OwnedFd>>), Failure>;
 
 /// What this connection holds in the store.
 #[derive(Debug, Default)]
-struct Holdings {
+struct Held {
     leases: HashMap<ObjectId, u32>,
     pending: HashSet<ObjectId>,
 }
 
 struct Connection {
-    shared: Arc<Shared>,
+    ctx: Arc<Context>,
+    /// The node's store (the context's, at hand).
+    node: Arc<NodeStore>,
     stream: UnixStream,
     id: ConnId,
     frames: FrameBuffer,
@@ -105,49 +113,8 @@ struct Connection {
     arrived: Option<(Vec<OwnedFd>, bool)>,
     /// When the first byte of the frame being read arrived.
     frame_started: Option<tokio::time::Instant>,
-    holdings: Holdings,
+    holdings: Held,
     shutdown: CancellationToken,
-}
-
-/// The descriptors that came with one frame.
-#[derive(Debug, Default)]
-struct FrameFds {
-    fds: Vec<OwnedFd>,
-    /// How many came in all, kept or closed.
-    came: usize,
-    /// More came than any request takes, or the kernel truncated them: all are closed.
-    closed: bool,
-}
-
-impl FrameFds {
-    fn add(&mut self, mut fds: Vec<OwnedFd>, truncated: bool) {
-        self.came += fds.len();
-        if truncated || self.came > MAX_FDS_PER_REQUEST {
-            // Closed at once: a frame trickled in with descriptors holds at most one.
-            self.fds.clear();
-            self.closed = true;
-        } else {
-            self.fds.append(&mut fds);
-        }
-    }
-
-    /// The descriptor `req` takes, or why the request is refused.
-    fn for_request(mut self, req: &Request) -> Result<Option<OwnedFd>, String> {
-        let takes = match req.descriptors() {
-            0 => "no descriptor".to_owned(),
-            n => format!("exactly {n} descriptor"),
-        };
-        if self.closed {
-            return Err(format!(
-                "the request takes {takes} and came with more than {MAX_FDS_PER_REQUEST}; every one was closed"
-            ));
-        }
-        match self.fds.len() {
-            n if n == req.descriptors() => Ok(self.fds.pop()),
-            0 => Err(format!("the request takes {takes} and came with none")),
-            n => Err(format!("the request takes {takes} and came with {n}; it was closed")),
-        }
-    }
 }
 
 /// Tells a client why it is being dropped before it is served (not on the allow-list, too
@@ -157,39 +124,23 @@ pub async fn refuse(stream: UnixStream, code: ErrorCode, message: String, limit:
     let _ = tokio::time::timeout(limit, write_frame(&stream, &frame::encode(&resp), None)).await;
 }
 
-pub async fn serve(shared: Arc<Shared>, stream: UnixStream, id: ConnId, shutdown: CancellationToken) {
+pub async fn serve(ctx: Arc<Context>, stream: UnixStream, id: ConnId, shutdown: CancellationToken) {
     let mut conn = Connection {
-        shared,
+        node: ctx.node.clone(),
+        ctx,
         stream,
         id,
         frames: FrameBuffer::with_limit(MAX_REQUEST_LEN),
         fds: FrameFds::default(),
         arrived: None,
         frame_started: None,
-        holdings: Holdings::default(),
+        holdings: Held::default(),
         shutdown,
     };
     if let Err(e) = conn.run().await {
         debug!(conn_id = id, error = %e, "connection ended with an error");
     }
     conn.release_all();
-}
-
-async fn write_frame(stream: &UnixStream, mut bytes: &[u8], fd: Option<&OwnedFd>) -> io::Result<()> {
-    let raw: Vec<_> = fd.iter().map(|f| f.as_raw_fd()).collect();
-    let mut fds: &[_] = &raw;
-    while !bytes.is_empty() {
-        stream.writable().await?;
-        match stream.try_io(Interest::WRITABLE, || sys::send_with_fds(stream.as_fd(), bytes, fds)) {
-            Ok(n) => {
-                bytes = &bytes[n..];
-                fds = &[];
-            }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(())
 }
 
 /// What a connection waits for between frames.
@@ -201,7 +152,7 @@ enum Wake {
 
 impl Connection {
     fn frame_timeout(&self) -> Duration {
-        self.shared.config.clients.frame_timeout
+        self.ctx.config.clients.frame_timeout
     }
 
     async fn run(&mut self) -> io::Result<()> {
@@ -353,15 +304,15 @@ impl Connection {
                     // Filled in place by the client: the bytes count, the duration (the
                     // client's own pace) does not.
                     Ok((Response::Sealed(info), _)) => {
-                        self.shared.metrics().transfer_bytes(Source::Local, Direction::In, info.size)
+                        self.node.metrics().transfer_bytes(Source::Local, Direction::In, info.size)
                     }
                     Ok(_) => {}
-                    Err(_) => self.shared.metrics().transfer_failed(Source::Local),
+                    Err(_) => self.node.metrics().transfer_failed(Source::Local),
                 }
                 sealed
             }
             Request::Abort { id } => {
-                self.shared.store().abort(id, self.id)?;
+                self.node.store().abort(id, self.id)?;
                 self.holdings.pending.remove(&id);
                 Ok((Response::Done, None))
             }
@@ -386,14 +337,14 @@ impl Connection {
             }
             Request::Delete { name } => {
                 check_name(&name)?;
-                self.shared.store().delete(&name)?;
-                self.shared.holdings_changed();
+                self.node.store().delete(&name)?;
+                self.node.holdings_changed();
                 Ok((Response::Done, None))
             }
-            Request::List => Ok((Response::Listing(self.shared.store().list()), None)),
+            Request::List => Ok((Response::Listing(self.node.store().list()), None)),
             Request::Stat { name } => {
                 check_name(&name)?;
-                Ok((Response::Stat(self.shared.store().stat(&name)?), None))
+                Ok((Response::Stat(self.node.store().stat(&name)?), None))
             }
             Request::Locate { name } => {
                 check_name(&name)?;
@@ -407,14 +358,14 @@ impl Connection {
             }
             Request::Replicate { name, to, timeout_ms, relay } => {
                 check_name(&name)?;
-                let cluster = self.cluster()?.clone();
+                let cluster = self.cluster()?;
                 let outcomes = cluster.replicate(&name, to, Duration::from_millis(timeout_ms), relay).await?;
                 Ok((Response::Replicated(outcomes), None))
             }
             Request::PullS3 { url, name, evictable, part_size, concurrency } => {
                 let pulled = self.pull_s3(&url, &name, evictable, part_size, concurrency).await;
                 if pulled.is_err() {
-                    self.shared.metrics().transfer_failed(Source::S3);
+                    self.node.metrics().transfer_failed(Source::S3);
                 }
                 pulled
             }
@@ -422,19 +373,19 @@ impl Connection {
                 for need in &spec.needs {
                     check_name(need)?;
                 }
-                let cluster = self.cluster()?.clone();
-                Ok((Response::Placed(cluster.place(spec, prefetch).await?), None))
+                let placement = self.cluster()?.placement().clone();
+                Ok((Response::Placed(placement.place(spec, prefetch).await?), None))
             }
             Request::PullS3Cooperative { url, name, nodes, timeout_ms } => {
                 check_name(&name)?;
-                let cluster = self.cluster()?.clone();
-                let pulled = cluster.pull_s3_cooperative(&url, &name, nodes, Duration::from_millis(timeout_ms)).await?;
+                let cooperative = self.cluster()?.cooperative().clone();
+                let timeout = Duration::from_millis(timeout_ms);
+                let pulled = cooperative.pull_s3_cooperative(&url, &name, nodes, timeout).await?;
                 Ok((Response::PulledS3Cooperative(pulled), None))
             }
             Request::Origin { name } => {
                 check_name(&name)?;
-                let info = self.shared.store().stat(&name)?;
-                Ok((Response::Origin(self.shared.s3().origin(info.id)), None))
+                Ok((Response::Origin(self.node.store().origin(&name)?), None))
             }
         }
     }
@@ -449,16 +400,16 @@ impl Connection {
     ) -> Reply {
         check_name(name)?;
         let start = Instant::now();
-        let shared = self.shared.clone();
-        let room = |size| shared.store().check_room(size);
-        let fetched = self.shared.s3().fetch(url, self.shared.config.chunk_size, part_size, concurrency, room).await;
+        let node = self.node.clone();
+        let room = |size| node.store().check_room(size);
+        let fetched = self.node.s3().fetch(url, self.node.chunk_size(), part_size, concurrency, room).await;
         let fetched = fetched.map_err(|e| Failure::new(e.code(), e.to_string()))??;
         let s3_ingest::Fetched { fd, manifest, mapping, origin, stats } = fetched;
         let (info, _) = self.adopt(name, evictable, fd, manifest, mapping, start, Source::S3, None)?;
         let Response::Sealed(info) = info else {
             return Err(Failure::new(ErrorCode::Internal, "adopt answered without an object"));
         };
-        self.shared.s3().record(info.id, origin.clone());
+        self.node.store().set_origin(info.id, origin.clone());
         let pull = S3Pull {
             info,
             origin,
@@ -470,51 +421,52 @@ impl Connection {
     }
 
     fn cluster(&self) -> Result<&Arc<Cluster>, Failure> {
-        self.shared
-            .cluster()
+        self.ctx
+            .cluster
+            .as_ref()
             .ok_or_else(|| Failure::new(ErrorCode::NoCluster, "this daemon runs without a cluster (no --scheduler)"))
     }
 
     fn create(&mut self, name: &str, size: u64, evictable: bool) -> Reply {
         check_name(name)?;
-        let limit = self.shared.config.clients.max_unsealed;
+        let limit = self.ctx.config.clients.max_unsealed;
         if self.holdings.pending.len() >= limit {
             return Err(Failure::new(
                 ErrorCode::LimitExceeded,
                 format!("this connection holds {limit} unsealed objects, the limit: seal or abort one first"),
             ));
         }
-        self.shared.store().check_room(size)?;
+        self.node.store().check_room(size)?;
         // Sized for good: the client can write it but not shrink or grow it, so the size
         // accounted is the size consumers map.
         let segment = sys::create_sized_memfd(size)?;
         let client_fd = segment.try_clone()?;
-        let (id, evicted) = self.shared.store().reserve(name, size, evictable, segment, self.id)?;
+        let (id, evicted) = self.node.store().reserve(name, size, evictable, segment, self.id)?;
         log_evictions(&evicted);
         self.holdings.pending.insert(id);
         Ok((Response::Created { id }, Some(Arc::new(client_fd))))
     }
 
     async fn seal(&mut self, id: ObjectId) -> Reply {
-        let (segment, size) = self.shared.store().begin_seal(id, self.id)?;
-        let (chunk_size, threads) = (self.shared.config.chunk_size, self.shared.config.hash_threads);
-        let hashed = seal_and_hash_patiently(segment, size, chunk_size, threads).await?;
+        let (segment, size) = self.node.store().begin_seal(id, self.id)?;
+        let (chunk_size, threads) = (self.node.chunk_size(), self.node.hash_threads());
+        let hashed = ingest::seal_and_hash_patiently(segment, size, chunk_size, threads).await;
         let (manifest, mapping) = match hashed {
             Ok(done) => done,
             Err(e) => {
-                self.shared.store().seal_failed(id);
+                self.node.store().seal_failed(id);
                 return Err(e.into());
             }
         };
-        let info = self.shared.store().finish_seal(id, manifest, mapping)?;
+        let info = self.node.store().finish_seal(id, manifest, mapping)?;
         self.holdings.pending.remove(&id);
-        self.shared.notify_sealed();
+        self.node.notify_sealed();
         Ok((Response::Sealed(info), None))
     }
 
     fn count_failed_put(&self, put: &Reply) {
         if put.is_err() {
-            self.shared.metrics().transfer_failed(Source::Local);
+            self.node.metrics().transfer_failed(Source::Local);
         }
     }
 
@@ -522,10 +474,10 @@ impl Connection {
     /// must still be that large once sealed ([`ingest::seal_and_hash`]).
     async fn put_memfd(&mut self, name: String, size: u64, evictable: bool, fd: OwnedFd, started: Instant) -> Reply {
         check_name(&name)?;
-        self.shared.store().check_room(size)?;
-        let (chunk_size, threads) = (self.shared.config.chunk_size, self.shared.config.hash_threads);
+        self.node.store().check_room(size)?;
+        let (chunk_size, threads) = (self.node.chunk_size(), self.node.hash_threads());
         let fd = Arc::new(fd);
-        let (manifest, mapping) = seal_and_hash_patiently(fd.clone(), size, chunk_size, threads).await??;
+        let (manifest, mapping) = ingest::seal_and_hash_patiently(fd.clone(), size, chunk_size, threads).await?;
         let fd = Arc::into_inner(fd).ok_or_else(|| Failure::new(ErrorCode::Internal, "the memfd is still shared"))?;
         self.adopt(&name, evictable, fd, manifest, mapping, started, Source::Local, None)
     }
@@ -535,8 +487,8 @@ impl Connection {
     async fn put_file(&mut self, name: String, evictable: bool, src: OwnedFd, started: Instant) -> Reply {
         check_name(&name)?;
         let source = ingest::SourceFile::of(src.as_fd())?;
-        let room = HeldRoom::take(&self.shared, source.size)?;
-        let chunk_size = self.shared.config.chunk_size;
+        let room = self.node.take_room(source.size)?;
+        let chunk_size = self.node.chunk_size();
         let (dst, (manifest, mapping)) = blocking(move || -> Result<_, IngestError> {
             let dst = sys::create_sized_memfd(source.size)?;
             let done = ingest::copy_hash_and_seal(src.as_fd(), &source, dst.as_fd(), chunk_size)?;
@@ -556,25 +508,25 @@ impl Connection {
         mapping: sys::ReadOnlyMapping,
         started: Instant,
         source: Source,
-        room: Option<HeldRoom>,
+        room: Option<Room>,
     ) -> Reply {
         let (adopted, evicted) = {
             // The room held for the object becomes its own under one lock: nobody takes it
             // in between.
-            let mut store = self.shared.store();
-            store.return_room(room.map_or(0, HeldRoom::into_size));
+            let mut store = self.node.store();
+            store.return_room(room.map_or(0, Room::into_size));
             store.adopt(name, evictable, fd, manifest, mapping)?
         };
         log_evictions(&evicted);
         match adopted {
             Adopted::New(info) => {
-                let metrics = self.shared.metrics();
+                let metrics = self.node.metrics();
                 // S3 bytes were counted part by part as they landed (s3_ingest).
                 if source != Source::S3 {
                     metrics.transfer_bytes(source, Direction::In, info.size);
                 }
                 metrics.transfer_completed(source, info.size, started.elapsed());
-                self.shared.notify_sealed();
+                self.node.notify_sealed();
                 Ok((Response::Sealed(info), None))
             }
             Adopted::Existing(info) => Ok((Response::Sealed(info), None)),
@@ -584,19 +536,19 @@ impl Connection {
     async fn get(&mut self, name: &str, timeout_ms: u64) -> Reply {
         check_name(name)?;
         let deadline = tokio::time::Instant::now() + Duration::from_millis(timeout_ms);
-        let mut sealed = self.shared.subscribe_sealed();
+        let mut sealed = self.node.subscribe_sealed();
         let mut pulled = false;
         loop {
             // Subscribed before looking, so a seal in between is not missed.
             sealed.borrow_and_update();
-            if let Lookup::Ready(lease) = self.shared.store().lease(name) {
+            if let Lookup::Ready(lease) = self.node.store().lease(name) {
                 *self.holdings.leases.entry(lease.info.id).or_default() += 1;
-                self.shared.metrics().lease_taken();
+                self.node.metrics().lease_taken();
                 return Ok((Response::Object(lease.info), Some(lease.segment)));
             }
             if !pulled
-                && let Some(cluster) = self.shared.cluster().cloned()
-                && !self.shared.store().is_bound(name)
+                && let Some(cluster) = self.ctx.cluster.clone()
+                && !self.node.store().is_bound(name)
             {
                 pulled = true;
                 self.pull_for_get(&cluster, name, timeout_ms).await?;
@@ -640,7 +592,7 @@ impl Connection {
         };
         let shutdown = self.shutdown.clone();
         tokio::select! {
-            result = cluster.pull(name, timeout, true) => result.map(|_| ()).map_err(Failure::from),
+            result = cluster.puller().pull(name, timeout, true) => result.map(|_| ()).map_err(Failure::from),
             _ = shutdown.cancelled() => Err(Failure::new(ErrorCode::ShuttingDown, "the daemon is shutting down")),
         }
     }
@@ -652,8 +604,8 @@ impl Connection {
                 if *n == 0 {
                     self.holdings.leases.remove(&id);
                 }
-                self.shared.store().release(id);
-                self.shared.metrics().leases_returned(1);
+                self.node.store().release(id);
+                self.node.metrics().leases_returned(1);
             }
             None => warn!(conn_id = self.id, id, "release of a lease this connection does not hold"),
         }
@@ -661,47 +613,15 @@ impl Connection {
 
     /// Gives back everything the client held: on close, crash or kill -9 alike.
     fn release_all(&mut self) {
-        let mut store = self.shared.store();
+        let mut store = self.node.store();
         for (id, n) in self.holdings.leases.drain() {
             for _ in 0..n {
                 store.release(id);
             }
-            self.shared.metrics().leases_returned(n);
+            self.node.metrics().leases_returned(n);
         }
         for id in self.holdings.pending.drain() {
             let _ = store.abort(id, self.id);
-        }
-    }
-}
-
-/// Room taken in the store for an object still being filled ([`Store::reserve_room`]); given
-/// back when dropped (the fill failed or was abandoned), or handed to [`Connection::adopt`].
-///
-/// [`Store::reserve_room`]: crate::store::Store::reserve_room
-#[derive(Debug)]
-struct HeldRoom {
-    shared: Arc<Shared>,
-    size: u64,
-}
-
-impl HeldRoom {
-    fn take(shared: &Arc<Shared>, size: u64) -> Result<Self, Failure> {
-        let evicted = shared.store().reserve_room(size)?;
-        log_evictions(&evicted);
-        Ok(Self { shared: shared.clone(), size })
-    }
-
-    /// The room's size, no longer given back on drop: the caller gives it back under the
-    /// store's lock.
-    fn into_size(mut self) -> u64 {
-        std::mem::take(&mut self.size)
-    }
-}
-
-impl Drop for HeldRoom {
-    fn drop(&mut self) {
-        if self.size > 0 {
-            self.shared.store().return_room(self.size);
         }
     }
 }
@@ -721,41 +641,6 @@ async fn sleep_until(deadline: Option<tokio::time::Instant>) {
     match deadline {
         Some(deadline) => tokio::time::sleep_until(deadline).await,
         None => std::future::pending().await,
-    }
-}
-
-/// How long to wait before each further try when sealing meets `EBUSY` though the client
-/// holds no writable mapping: the kernel also answers so while a page of the memfd holds a
-/// passing extra reference, and waits only ~150 ms for it. Under heavy load that was seen
-/// about once in 100,000 seals (docs/reliability.md, soak finding 1); a few more tries clear
-/// it. A client that really keeps a writable mapping is refused after about a second, and
-/// only its own connection waits (requests are answered in order).
-const SEAL_RETRY_PAUSES: [Duration; 4] =
-    [Duration::from_millis(20), Duration::from_millis(80), Duration::from_millis(250), Duration::from_millis(600)];
-
-/// [`ingest::seal_and_hash`], on the runtime for small objects and on a worker otherwise,
-/// tried again after each of [`SEAL_RETRY_PAUSES`] while it fails with `WritableMapping`.
-async fn seal_and_hash_patiently(
-    fd: Arc<OwnedFd>,
-    size: u64,
-    chunk_size: u64,
-    threads: usize,
-) -> Result<Result<(store_client::Manifest, sys::ReadOnlyMapping), IngestError>, Failure> {
-    let mut pauses = SEAL_RETRY_PAUSES.iter();
-    loop {
-        let hashed = if size <= INLINE_HASH_LIMIT {
-            ingest::seal_and_hash(fd.as_fd(), size, chunk_size, 1)
-        } else {
-            let fd = fd.clone();
-            blocking(move || ingest::seal_and_hash(fd.as_fd(), size, chunk_size, threads)).await?
-        };
-        match (hashed, pauses.next()) {
-            (Err(IngestError::Seal(sys::SealError::WritableMapping)), Some(pause)) => {
-                debug!(size, ?pause, "sealing met EBUSY; trying again");
-                tokio::time::sleep(*pause).await;
-            }
-            (hashed, _) => return Ok(hashed),
-        }
     }
 }
 

@@ -1,8 +1,10 @@
-//! Turning bytes into sealed, hashed objects. Everything here blocks; the server runs it
-//! on the blocking pool for anything but tiny objects.
+//! Turning bytes into sealed, hashed objects. Everything here blocks but
+//! [`seal_and_hash_patiently`], which runs the work on the blocking pool for anything but
+//! tiny objects.
 
-use std::os::fd::{AsFd, BorrowedFd};
-use std::sync::mpsc;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::sync::{Arc, mpsc};
+use std::time::Duration;
 
 use nix::sys::stat::SFlag;
 
@@ -10,6 +12,7 @@ use store_client::manifest::{self, Digest, Manifest, ManifestError};
 use store_client::sys::{self, ReadOnlyMapping, SealError};
 use store_client::wire::object::ErrorCode;
 use thiserror::Error;
+use tracing::debug;
 
 #[derive(Debug, Error)]
 pub enum IngestError {
@@ -28,6 +31,8 @@ pub enum IngestError {
     Io(#[from] std::io::Error),
     #[error(transparent)]
     Manifest(#[from] ManifestError),
+    #[error("the hashing worker failed: {0}")]
+    Worker(#[from] tokio::task::JoinError),
 }
 
 impl IngestError {
@@ -40,7 +45,7 @@ impl IngestError {
             | IngestError::SourceChanged { .. }
             | IngestError::EndedEarly { .. } => ErrorCode::SizeMismatch,
             IngestError::Seal(SealError::Other(_)) | IngestError::Io(_) => ErrorCode::Io,
-            IngestError::Manifest(_) => ErrorCode::Internal,
+            IngestError::Manifest(_) | IngestError::Worker(_) => ErrorCode::Internal,
         }
     }
 }
@@ -140,6 +145,45 @@ pub fn copy_hash_and_seal(
     source.unchanged(src)?;
     sys::seal_object(dst.as_fd(), size)?;
     Ok((Manifest::from_chunk_hashes(size, chunk_size, chunks)?, map))
+}
+
+/// Objects at most this large are sealed and hashed on the caller's task; larger ones go
+/// to the blocking pool.
+const INLINE_HASH_LIMIT: u64 = 256 * 1024;
+
+/// How long to wait before each further try when sealing meets `EBUSY` though the client
+/// holds no writable mapping: the kernel also answers so while a page of the memfd holds a
+/// passing extra reference, and waits only ~150 ms for it. Under heavy load that was seen
+/// about once in 100,000 seals (docs/reliability.md, soak finding 1); a few more tries clear
+/// it. A client that really keeps a writable mapping is refused after about a second, and
+/// only its own connection waits (requests are answered in order).
+const SEAL_RETRY_PAUSES: [Duration; 4] =
+    [Duration::from_millis(20), Duration::from_millis(80), Duration::from_millis(250), Duration::from_millis(600)];
+
+/// [`seal_and_hash`], on the runtime for small objects and on a worker otherwise,
+/// tried again after each of [`SEAL_RETRY_PAUSES`] while it fails with `WritableMapping`.
+pub async fn seal_and_hash_patiently(
+    fd: Arc<OwnedFd>,
+    size: u64,
+    chunk_size: u64,
+    threads: usize,
+) -> Result<(Manifest, ReadOnlyMapping), IngestError> {
+    let mut pauses = SEAL_RETRY_PAUSES.iter();
+    loop {
+        let hashed = if size <= INLINE_HASH_LIMIT {
+            seal_and_hash(fd.as_fd(), size, chunk_size, 1)
+        } else {
+            let fd = fd.clone();
+            tokio::task::spawn_blocking(move || seal_and_hash(fd.as_fd(), size, chunk_size, threads)).await?
+        };
+        match (hashed, pauses.next()) {
+            (Err(IngestError::Seal(sys::SealError::WritableMapping)), Some(pause)) => {
+                debug!(size, ?pause, "sealing met EBUSY; trying again");
+                tokio::time::sleep(*pause).await;
+            }
+            (hashed, _) => return hashed,
+        }
+    }
 }
 
 #[cfg(test)]

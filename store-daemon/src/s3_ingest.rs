@@ -11,7 +11,6 @@
 //! `store_transfer_bytes_total{source="s3",direction="in"}` as each ranged GET part lands,
 //! so a download's rate shows while it runs (not at the seal).
 
-use std::collections::HashMap;
 use std::ops::Range;
 use std::os::fd::{AsFd, OwnedFd};
 use std::sync::{Arc, Mutex, mpsc};
@@ -20,7 +19,7 @@ use std::time::Instant;
 use store_client::manifest::{self, Digest, Manifest, ManifestError};
 use store_client::s3::{DownloadStats, ObjectMeta, S3Config, S3Error, S3Reader, S3Url};
 use store_client::sys::{self, ReadOnlyMapping, WritableMapping};
-use store_client::wire::object::{ErrorCode, ObjectId, S3Origin};
+use store_client::wire::object::{ErrorCode, S3Origin};
 use thiserror::Error;
 use tokio::sync::OnceCell;
 
@@ -100,13 +99,12 @@ impl S3AllowList {
     }
 }
 
-/// The daemon's S3 side: one client for its life, and where objects came from.
+/// The daemon's S3 side: one client for its life, behind the allow-list.
 #[derive(Debug, Default)]
 pub struct S3Ingest {
     reader: OnceCell<S3Reader>,
     /// Every read goes through [`Self::parse_allowed`], which checks this.
     allow: S3AllowList,
-    origins: Mutex<HashMap<ObjectId, S3Origin>>,
     /// The daemon's `--s3-*` settings; `None`: from the environment.
     config: Option<S3Config>,
     metrics: Arc<crate::metrics::DaemonMetrics>,
@@ -219,14 +217,6 @@ impl S3Ingest {
         let counted = |_, len| self.count_landed(len);
         let stats = self.reader().await?.download_range_into(&parsed, &meta, offset, dst, &counted).await?;
         Ok(stats.bytes)
-    }
-
-    pub fn record(&self, id: ObjectId, origin: S3Origin) {
-        self.origins.lock().unwrap_or_else(|p| p.into_inner()).insert(id, origin);
-    }
-
-    pub fn origin(&self, id: ObjectId) -> Option<S3Origin> {
-        self.origins.lock().unwrap_or_else(|p| p.into_inner()).get(&id).cloned()
     }
 }
 

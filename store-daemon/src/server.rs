@@ -4,23 +4,22 @@
 use std::io;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
+use std::sync::Arc;
 
 use store_client::metrics::server::{MetricsServer, Render};
 use store_client::wire::object::ErrorCode;
 use thiserror::Error;
 use tokio::net::{UnixListener, UnixStream};
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
 use crate::cluster::Cluster;
 use crate::config::DaemonConfig;
-use crate::connection;
-use crate::metrics::DaemonMetrics;
-use crate::store::Store;
+use crate::connection::{self, Context};
+use crate::node::NodeStore;
+use crate::store::ConnId;
 
 #[derive(Debug, Error)]
 pub enum ServerError {
@@ -42,103 +41,13 @@ pub enum ServerError {
     },
 }
 
-/// Limits on local clients, so that no client (or crowd of them) can exhaust the daemon for
-/// the others. Capacity is the other limit: unsealed objects count against it like sealed
-/// ones.
-#[derive(Clone, Debug)]
-pub struct ClientLimits {
-    /// Connections served at once; one more is told [`ErrorCode::LimitExceeded`] and closed.
-    pub max_clients: usize,
-    /// Unsealed objects (created, neither sealed nor aborted) one connection may hold.
-    pub max_unsealed: usize,
-    /// How long a request frame may take to arrive once its first byte did, and a response
-    /// to be taken by the client; a connection that exceeds it is cut. Idle connections
-    /// (between frames) are never cut.
-    pub frame_timeout: Duration,
-}
-
-impl Default for ClientLimits {
-    fn default() -> Self {
-        Self { max_clients: 4096, max_unsealed: 64, frame_timeout: Duration::from_secs(30) }
-    }
-}
-
-/// State shared by every connection.
-#[derive(Debug)]
-pub struct Shared {
-    pub config: DaemonConfig,
-    store: Mutex<Store>,
-    /// One permit per connection served ([`ClientLimits::max_clients`]).
-    client_slots: Arc<Semaphore>,
-    /// Bumped on every seal, so waiters for a name re-check.
-    sealed: watch::Sender<u64>,
-    next_conn: std::sync::atomic::AtomicU64,
-    cluster: std::sync::OnceLock<Arc<Cluster>>,
-    metrics: Arc<DaemonMetrics>,
-    s3: crate::s3_ingest::S3Ingest,
-}
-
-impl Shared {
-    pub fn new(config: DaemonConfig) -> Self {
-        let store = Store::new(config.capacity, config.chunk_size);
-        let metrics = Arc::new(DaemonMetrics::new());
-        let s3 = crate::s3_ingest::S3Ingest::new(config.s3.clone(), config.s3_allow.clone(), metrics.clone());
-        let client_slots = Arc::new(Semaphore::new(config.clients.max_clients.min(Semaphore::MAX_PERMITS)));
-        Self {
-            config,
-            store: Mutex::new(store),
-            client_slots,
-            sealed: watch::channel(0).0,
-            next_conn: 0.into(),
-            cluster: std::sync::OnceLock::new(),
-            metrics,
-            s3,
-        }
-    }
-
-    pub fn s3(&self) -> &crate::s3_ingest::S3Ingest {
-        &self.s3
-    }
-
-    pub fn metrics(&self) -> &Arc<DaemonMetrics> {
-        &self.metrics
-    }
-
-    /// The cluster membership, if this daemon has one.
-    pub fn cluster(&self) -> Option<&Arc<Cluster>> {
-        self.cluster.get()
-    }
-
-    pub fn store(&self) -> MutexGuard<'_, Store> {
-        // Store methods leave it consistent at every return, so a panic elsewhere while the
-        // lock was held does not poison the data itself.
-        self.store.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// An object was sealed here: wake local waiters and tell the scheduler soon.
-    pub fn notify_sealed(&self) {
-        self.sealed.send_modify(|n| *n += 1);
-        self.holdings_changed();
-    }
-
-    /// What this node holds changed: the scheduler should hear of it without waiting for
-    /// the next periodic sync.
-    pub fn holdings_changed(&self) {
-        if let Some(cluster) = self.cluster() {
-            cluster.sync_soon();
-        }
-    }
-
-    pub fn subscribe_sealed(&self) -> watch::Receiver<u64> {
-        self.sealed.subscribe()
-    }
-}
+pub use crate::config::ClientLimits;
 
 /// A daemon whose socket is bound and accepting.
 #[derive(Debug)]
 pub struct Daemon {
     listener: UnixListener,
-    shared: Arc<Shared>,
+    ctx: Arc<Context>,
     metrics_server: Option<MetricsServer>,
 }
 
@@ -163,16 +72,19 @@ impl Daemon {
         };
         let listener = UnixListener::bind(&path).map_err(bind_err)?;
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o660)).map_err(bind_err)?;
-        let cluster_config = config.cluster.clone();
-        let shared = Arc::new(Shared::new(config));
-        if let Some(cc) = cluster_config {
-            let cluster = Cluster::bind(cc, Arc::downgrade(&shared))?;
-            info!(node = %cluster.node_id(), quic = ?cluster.local_addr().ok(), "cluster endpoint bound");
-            let _ = shared.cluster.set(cluster);
-        }
+        let node = Arc::new(NodeStore::new(&config));
+        let cluster = match config.cluster.clone() {
+            None => None,
+            Some(cc) => {
+                let cluster = Cluster::bind(cc, node.clone())?;
+                info!(node = %cluster.node_id(), quic = ?cluster.local_addr().ok(), "cluster endpoint bound");
+                Some(Arc::new(cluster))
+            }
+        };
         let metrics_addr = metrics_server.as_ref().and_then(|m| m.local_addr().ok());
-        info!(socket = %path.display(), capacity = shared.config.capacity, metrics = ?metrics_addr, "store daemon listening");
-        Ok(Self { listener, shared, metrics_server })
+        info!(socket = %path.display(), capacity = config.capacity, metrics = ?metrics_addr, "store daemon listening");
+        let ctx = Arc::new(Context { config, node, cluster });
+        Ok(Self { listener, ctx, metrics_server })
     }
 
     /// Where `/metrics` is served, if it is.
@@ -180,12 +92,13 @@ impl Daemon {
         self.metrics_server.as_ref().and_then(|m| m.local_addr().ok())
     }
 
-    pub fn shared(&self) -> &Arc<Shared> {
-        &self.shared
+    /// The node's store.
+    pub fn node(&self) -> &Arc<NodeStore> {
+        &self.ctx.node
     }
 
     pub fn socket_path(&self) -> &Path {
-        &self.shared.config.socket
+        &self.ctx.config.socket
     }
 
     /// Serves until `shutdown` is cancelled, then drains: the socket file goes at once (new
@@ -194,33 +107,34 @@ impl Daemon {
     /// anything, chunk uploads under way finish. Whatever is still running after
     /// [`DaemonConfig::shutdown_grace`] is cut.
     pub async fn run(self, shutdown: CancellationToken) {
-        let Self { listener, shared, metrics_server } = self;
+        let Self { listener, ctx, metrics_server } = self;
         let tracker = TaskTracker::new();
+        let client_slots = Arc::new(Semaphore::new(ctx.config.clients.max_clients.min(Semaphore::MAX_PERMITS)));
+        let mut next_conn: ConnId = 0;
         // Scrapes go on while draining; the metrics server stops after everything else.
         let stop_metrics = CancellationToken::new();
         let metrics_task = metrics_server.map(|server| {
-            let weak = Arc::downgrade(&shared);
+            let weak = Arc::downgrade(&ctx.node);
             let render: Render = Arc::new(move || match weak.upgrade() {
-                Some(shared) => {
-                    shared.metrics.refresh_store(&shared.store());
-                    shared.metrics.render()
+                Some(node) => {
+                    node.metrics().refresh_store(&node.store());
+                    node.metrics().render()
                 }
                 None => Vec::new(),
             });
             let stop = stop_metrics.clone();
             tokio::spawn(server.run(render, async move { stop.cancelled().await }))
         });
-        if let Some(cluster) = shared.cluster() {
-            tracker.spawn(crate::cluster::serve::accept_loop(cluster.clone(), shutdown.clone(), tracker.clone()));
-            tracker.spawn(crate::cluster::announce::run(cluster.clone(), shutdown.clone()));
+        if let Some(cluster) = &ctx.cluster {
+            cluster.start(&shutdown, &tracker);
         }
         if let Some(interval) = store_service::watchdog_interval() {
-            let weak = Arc::downgrade(&shared);
+            let weak = Arc::downgrade(&ctx.node);
             // Taking the store's lock proves no request is wedged holding it (a wedged lock
             // blocks this task too, and the missing pings get the daemon restarted).
             let healthy = move || {
-                weak.upgrade().is_some_and(|s| {
-                    drop(s.store());
+                weak.upgrade().is_some_and(|node| {
+                    drop(node.store());
                     true
                 })
             };
@@ -233,9 +147,9 @@ impl Daemon {
             };
             match accepted {
                 Ok((stream, _)) => {
-                    let shared = shared.clone();
-                    let shutdown = shutdown.clone();
-                    tracker.spawn(async move { accept_one(shared, stream, shutdown).await });
+                    next_conn += 1;
+                    let (ctx, slots, shutdown) = (ctx.clone(), client_slots.clone(), shutdown.clone());
+                    tracker.spawn(async move { accept_one(ctx, slots, stream, next_conn, shutdown).await });
                 }
                 Err(e) => {
                     // EMFILE and friends: back off instead of spinning.
@@ -245,23 +159,23 @@ impl Daemon {
             }
         }
         store_service::notify_stopping("draining");
-        info!(grace_s = shared.config.shutdown_grace.as_secs_f64(), "draining: no new clients or peers");
+        info!(grace_s = ctx.config.shutdown_grace.as_secs_f64(), "draining: no new clients or peers");
         drop(listener);
-        let _ = std::fs::remove_file(&shared.config.socket);
-        if let Some(cluster) = shared.cluster() {
+        let _ = std::fs::remove_file(&ctx.config.socket);
+        if let Some(cluster) = &ctx.cluster {
             cluster.begin_shutdown();
         }
         tracker.close();
         let drained = async {
             tracker.wait().await;
-            if let Some(cluster) = shared.cluster() {
+            if let Some(cluster) = &ctx.cluster {
                 cluster.pulls_ended().await;
             }
         };
-        if tokio::time::timeout(shared.config.shutdown_grace, drained).await.is_err() {
+        if tokio::time::timeout(ctx.config.shutdown_grace, drained).await.is_err() {
             warn!("requests or transfers still running after the shutdown grace; cutting them");
         }
-        if let Some(cluster) = shared.cluster() {
+        if let Some(cluster) = &ctx.cluster {
             cluster.close().await;
         }
         stop_metrics.cancel();
@@ -272,7 +186,13 @@ impl Daemon {
     }
 }
 
-async fn accept_one(shared: Arc<Shared>, stream: UnixStream, shutdown: CancellationToken) {
+async fn accept_one(
+    ctx: Arc<Context>,
+    client_slots: Arc<Semaphore>,
+    stream: UnixStream,
+    conn_id: ConnId,
+    shutdown: CancellationToken,
+) {
     let cred = match stream.peer_cred() {
         Ok(c) => c,
         Err(e) => {
@@ -280,24 +200,23 @@ async fn accept_one(shared: Arc<Shared>, stream: UnixStream, shutdown: Cancellat
             return;
         }
     };
-    let conn_id = shared.next_conn.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
-    let timeout = shared.config.clients.frame_timeout;
-    if !shared.config.allows(cred.uid(), cred.gid()) {
+    let timeout = ctx.config.clients.frame_timeout;
+    if !ctx.config.allows(cred.uid(), cred.gid()) {
         warn!(uid = cred.uid(), gid = cred.gid(), pid = ?cred.pid(), "refusing client not on the allow-list");
         let message = format!("uid {} (gid {}) is not allowed to use this store", cred.uid(), cred.gid());
         connection::refuse(stream, ErrorCode::PermissionDenied, message, timeout).await;
         return;
     }
-    let Ok(_slot) = shared.client_slots.clone().try_acquire_owned() else {
-        let max = shared.config.clients.max_clients;
+    let Ok(_slot) = client_slots.try_acquire_owned() else {
+        let max = ctx.config.clients.max_clients;
         warn!(uid = cred.uid(), pid = ?cred.pid(), max, "refusing a client: too many connections");
         let message = format!("the daemon serves at most {max} clients at once; try again once one has closed");
         connection::refuse(stream, ErrorCode::LimitExceeded, message, timeout).await;
         return;
     };
     debug!(conn_id, uid = cred.uid(), pid = ?cred.pid(), "client connected");
-    let _connected = shared.metrics.client_connection();
-    connection::serve(shared.clone(), stream, conn_id, shutdown).await;
+    let _connected = ctx.node.metrics().client_connection();
+    connection::serve(ctx, stream, conn_id, shutdown).await;
     debug!(conn_id, "client disconnected");
 }
 

@@ -19,13 +19,13 @@ use store_client::chunkset::ChunkSet;
 use store_client::manifest::Manifest;
 use store_client::sys::ReadOnlyMapping;
 use store_client::wire::node::Holding;
-use store_client::wire::object::{ErrorCode, ObjectId, ObjectInfo, ObjectState};
+use store_client::wire::object::{ErrorCode, ObjectId, ObjectInfo, ObjectState, S3Origin};
 use thiserror::Error;
 
 /// Identifies a client connection, to tie unsealed objects to their creator.
 pub type ConnId = u64;
 
-#[derive(Debug, Error, PartialEq, Eq)]
+#[derive(Clone, Debug, Error, PartialEq, Eq)]
 pub enum StoreError {
     #[error("no object named {0:?}")]
     NotFound(String),
@@ -91,6 +91,9 @@ struct Object {
     leases: u32,
     created: Instant,
     last_access: u64,
+    /// The S3 object these bytes came from, if they did: chunks no peer serves are read
+    /// from it, and `storectl origin` shows it.
+    origin: Option<S3Origin>,
 }
 
 /// A lease handed out by [`Store::lease`].
@@ -115,6 +118,7 @@ pub struct PeerView {
     pub manifest: Arc<Manifest>,
     pub held: ChunkSet,
     pub mapping: Arc<ReadOnlyMapping>,
+    pub origin: Option<S3Origin>,
 }
 
 /// Result of adopting an already sealed object.
@@ -246,6 +250,7 @@ impl Store {
                 leases: 0,
                 created: Instant::now(),
                 last_access: 0,
+                origin: None,
             },
         );
         self.names.insert(name.to_owned(), id);
@@ -469,10 +474,15 @@ impl Store {
                 manifest: manifest.clone(),
                 held: ChunkSet::full(manifest.chunk_count()),
                 mapping: mapping.clone(),
+                origin: obj.origin.clone(),
             }),
-            Phase::Receiving { manifest, mapping, held } => {
-                Some(PeerView { id, manifest: manifest.clone(), held: held.clone(), mapping: mapping.clone() })
-            }
+            Phase::Receiving { manifest, mapping, held } => Some(PeerView {
+                id,
+                manifest: manifest.clone(),
+                held: held.clone(),
+                mapping: mapping.clone(),
+                origin: obj.origin.clone(),
+            }),
             Phase::Pending { .. } => None,
         }
     }
@@ -534,6 +544,19 @@ impl Store {
         obj.phase = Phase::Sealed { manifest: manifest.clone(), mapping: mapping.clone() };
         self.touch(id);
         self.info(id).ok_or(StoreError::UnknownPending(id))
+    }
+
+    /// Records the S3 object `id`'s bytes came from.
+    pub fn set_origin(&mut self, id: ObjectId, origin: S3Origin) {
+        if let Some(obj) = self.objects.get_mut(&id) {
+            obj.origin = Some(origin);
+        }
+    }
+
+    /// The S3 object the bytes bound to `name` came from, if they did.
+    pub fn origin(&self, name: &str) -> Result<Option<S3Origin>, StoreError> {
+        let id = self.names.get(name).ok_or_else(|| StoreError::NotFound(name.to_owned()))?;
+        Ok(self.objects.get(id).and_then(|o| o.origin.clone()))
     }
 
     /// Drops an object being received: nothing half-received is ever kept.

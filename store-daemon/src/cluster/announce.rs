@@ -1,37 +1,67 @@
 //! Keeping the scheduler's table right: register with everything held, heartbeat on the
 //! lease, and send the difference between what the store holds and what was announced.
 //! The store is the truth and the scheduler soft state, so after a scheduler restart (it
-//! answers `UnknownNode`) a full re-registration rebuilds it.
+//! answers `UnknownNode`) a full re-registration rebuilds it. A change of the store's
+//! holdings ([`NodeStore::subscribe_holdings`]) is sent at once.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use store_client::scheduler_client::SchedulerClientError;
-use store_client::wire::node::Holding;
+use store_client::scheduler_client::{SchedulerClient, SchedulerClientError};
+use store_client::wire::node::{Holding, NodeId, NodeInfo};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use super::Cluster;
+use crate::node::NodeStore;
 
 /// Between two syncs of holdings when nothing asks for one sooner.
 const SYNC_INTERVAL: Duration = Duration::from_millis(200);
 
-pub async fn run(cluster: Arc<Cluster>, shutdown: CancellationToken) {
+/// Who this node is to the scheduler, besides what it holds.
+#[derive(Clone, Debug)]
+pub struct Member {
+    pub id: NodeId,
+    /// Where peers reach this node.
+    pub addr: SocketAddr,
+    pub labels: BTreeMap<String, String>,
+    pub resources: BTreeMap<String, u64>,
+    /// How often the node proves it lives (within the scheduler's lease).
+    pub heartbeat: Duration,
+}
+
+impl Member {
+    fn info(&self, node: &NodeStore) -> NodeInfo {
+        let store = node.store();
+        NodeInfo {
+            id: self.id.clone(),
+            addr: self.addr,
+            labels: self.labels.clone(),
+            capacity: store.capacity(),
+            free: store.free(),
+            resources: self.resources.clone(),
+        }
+    }
+}
+
+/// Keeps the scheduler's view of this node right until `shutdown`.
+pub async fn run(node: Arc<NodeStore>, scheduler: Arc<SchedulerClient>, me: Member, shutdown: CancellationToken) {
     let mut announced: HashMap<String, Holding> = HashMap::new();
     let mut registered = false;
     let mut last_heartbeat = Instant::now();
     let mut warned = false;
+    let mut changes = node.subscribe_holdings();
     loop {
-        let Some(shared) = cluster.shared.upgrade() else { return };
+        changes.borrow_and_update();
         let outcome = if registered {
-            sync(&cluster, &shared, &mut announced, &mut last_heartbeat).await
+            sync(&node, &scheduler, &me, &mut announced, &mut last_heartbeat).await
         } else {
-            let node = cluster.node_info(&shared);
-            let holdings = shared.store().holdings();
-            match cluster.scheduler.register(node, holdings.clone()).await {
+            let info = me.info(&node);
+            let holdings = node.store().holdings();
+            match scheduler.register(info, holdings.clone()).await {
                 Ok(()) => {
-                    info!(scheduler = %cluster.config.scheduler, objects = holdings.len(), "registered with the scheduler");
+                    info!(objects = holdings.len(), "registered with the scheduler");
                     announced = holdings.into_iter().map(|h| (h.name.clone(), h)).collect();
                     registered = true;
                     last_heartbeat = Instant::now();
@@ -40,7 +70,6 @@ pub async fn run(cluster: Arc<Cluster>, shutdown: CancellationToken) {
                 Err(e) => Err(e),
             }
         };
-        drop(shared);
         match outcome {
             Ok(()) => warned = false,
             Err(SchedulerClientError::UnknownNode) => {
@@ -58,35 +87,35 @@ pub async fn run(cluster: Arc<Cluster>, shutdown: CancellationToken) {
         }
         tokio::select! {
             _ = shutdown.cancelled() => return,
-            _ = cluster.sync_now.notified() => {}
+            changed = changes.changed() => if changed.is_err() { return },
             _ = tokio::time::sleep(if registered { SYNC_INTERVAL } else { Duration::from_secs(1) }) => {}
         }
     }
 }
 
 async fn sync(
-    cluster: &Cluster,
-    shared: &crate::server::Shared,
+    node: &NodeStore,
+    scheduler: &SchedulerClient,
+    me: &Member,
     announced: &mut HashMap<String, Holding>,
     last_heartbeat: &mut Instant,
 ) -> Result<(), SchedulerClientError> {
-    let node = &cluster.config.node_id;
-    if last_heartbeat.elapsed() >= cluster.config.heartbeat {
-        let free = shared.store().free();
-        cluster.scheduler.heartbeat(node, free).await?;
+    let id = &me.id;
+    if last_heartbeat.elapsed() >= me.heartbeat {
+        let free = node.store().free();
+        scheduler.heartbeat(id, free).await?;
         *last_heartbeat = Instant::now();
     }
-    let current: HashMap<String, Holding> =
-        shared.store().holdings().into_iter().map(|h| (h.name.clone(), h)).collect();
+    let current: HashMap<String, Holding> = node.store().holdings().into_iter().map(|h| (h.name.clone(), h)).collect();
     for (name, holding) in &current {
         if announced.get(name) != Some(holding) {
-            cluster.scheduler.announce(node, holding.clone()).await?;
+            scheduler.announce(id, holding.clone()).await?;
             announced.insert(name.clone(), holding.clone());
         }
     }
     let gone: Vec<String> = announced.keys().filter(|n| !current.contains_key(*n)).cloned().collect();
     for name in gone {
-        cluster.scheduler.withdraw(node, &name).await?;
+        scheduler.withdraw(id, &name).await?;
         announced.remove(&name);
     }
     Ok(())

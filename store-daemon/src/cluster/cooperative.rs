@@ -18,88 +18,30 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::ops::Range;
-use std::os::fd::OwnedFd;
-use std::sync::{Arc, Weak};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use store_client::manifest::{self, Digest, Manifest};
-use store_client::sys::ReadOnlyMapping;
+use store_client::scheduler_client::SchedulerClient;
 use store_client::wire::local::{CooperativeOutcome, CooperativePull};
 use store_client::wire::node::{NodeId, PullReport};
 use store_client::wire::object::S3Origin;
-use store_client::wire::peer::{PeerRequest, PeerResponse};
 use tracing::{info, warn};
 
-use super::pull::PullStart;
-use super::{Cluster, PullError};
-use crate::server::Shared;
+use super::error::PullError;
+use super::peers::ShareFetched;
+use super::pull::{PullStart, Puller};
+use super::staged::{Coordinator, NewShare, ShareBusy, StagedShares};
+use crate::node::NodeStore;
 use crate::store::StoreError;
 
-/// A share not claimed by its second phase within this time is dropped (its coordinator
-/// died between the phases).
-const STAGED_TTL: Duration = Duration::from_secs(600);
-
-/// Who asked for a share: this daemon (it coordinates the fetch) or a peer, named by the
-/// certificate it authenticated with. Only the coordinator that staged a share may complete
-/// or drop it: another certificate holder cannot bind or discard someone else's fetch.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Coordinator {
-    Local,
-    /// The peer's end-entity certificate (DER).
-    Peer(Arc<[u8]>),
-}
-
-/// A node's share of a cooperative fetch, between the phases: usually one range of chunks,
-/// more when it took over the share of a node that failed.
+/// Cooperative fetches this node coordinates or takes part in.
 #[derive(Debug)]
-pub struct StagedShare {
-    pub fd: OwnedFd,
-    pub mapping: ReadOnlyMapping,
-    /// The chunk ranges fetched and their hashes.
-    pub ranges: Vec<(Range<u64>, Vec<Digest>)>,
-    pub s3_bytes: u64,
-    origin: S3Origin,
-    chunk_size: u64,
-    generation: u64,
-    coordinator: Coordinator,
-    /// The store room the share's bytes take until it is dropped or received into.
-    pub room: StagedRoom,
-}
-
-/// Store room taken for the bytes of a staged share, so staged memory counts against the
-/// daemon's capacity like every object does; given back when dropped.
-#[derive(Debug)]
-pub struct StagedRoom {
-    shared: Weak<Shared>,
-    size: u64,
-}
-
-impl StagedRoom {
-    /// Takes `size` bytes of room (evicting what may be evicted), or refuses like a put would.
-    fn take(shared: &Arc<Shared>, size: u64) -> Result<Self, StoreError> {
-        for name in shared.store().reserve_room(size)? {
-            tracing::debug!(%name, "evicted to make room for a cooperative share");
-        }
-        Ok(Self { shared: Arc::downgrade(shared), size })
-    }
-
-    fn absorb(&mut self, mut other: StagedRoom) {
-        self.size += std::mem::take(&mut other.size);
-    }
-
-    pub fn size(&self) -> u64 {
-        self.size
-    }
-}
-
-impl Drop for StagedRoom {
-    fn drop(&mut self) {
-        if self.size > 0
-            && let Some(shared) = self.shared.upgrade()
-        {
-            shared.store().return_room(self.size);
-        }
-    }
+pub struct Cooperative {
+    node: Arc<NodeStore>,
+    puller: Arc<Puller>,
+    scheduler: Arc<SchedulerClient>,
+    staged: Arc<StagedShares>,
 }
 
 /// Bytes of chunks `chunks` of an object of `size` bytes cut in `chunk_size` chunks.
@@ -114,7 +56,13 @@ pub fn shares(count: u64, nodes: usize) -> Vec<Range<u64>> {
     (0..n).map(|i| (i * count / n)..((i + 1) * count / n)).collect()
 }
 
-impl Cluster {
+impl Cooperative {
+    pub fn new(node: Arc<NodeStore>, puller: Arc<Puller>, scheduler: Arc<SchedulerClient>) -> Self {
+        Self { node, puller, scheduler, staged: Arc::default() }
+    }
+}
+
+impl Cooperative {
     /// First phase on this node: reads chunks `chunks` of the S3 object into a staged share
     /// for `name`; returns their hashes, the bytes read and the seconds it took.
     pub async fn fetch_share(
@@ -124,35 +72,25 @@ impl Cluster {
         chunk_size: u64,
         chunks: Range<u64>,
         coordinator: Coordinator,
-    ) -> Result<(Vec<Digest>, u64, f64), PullError> {
+    ) -> Result<ShareFetched, PullError> {
         let started = Instant::now();
         manifest::check_replication_chunking(origin.size, chunk_size)
             .map_err(|e| PullError::BadRequest(e.to_string()))?;
-        let shared = self.shared()?;
-        if shared.store().is_bound(name) {
-            return Err(PullError::Store(StoreError::AlreadyExists(name.to_owned()).to_string()));
+        let node = &self.node;
+        if node.store().is_bound(name) {
+            return Err(StoreError::AlreadyExists(name.to_owned()).into());
         }
         // A second share for the same object (taken over from a node that failed) goes into
         // the same memory; the entry is out of the map meanwhile.
         let earlier = {
-            let mut staged = self.staged.lock().unwrap_or_else(|p| p.into_inner());
+            let mut staged = self.staged.lock();
             match staged.get(name) {
                 None => None,
-                Some(s)
-                    if s.origin == origin
-                        && s.coordinator == coordinator
-                        && s.chunk_size == chunk_size
-                        && s.ranges.iter().all(|(r, _)| r.end <= chunks.start || chunks.end <= r.start) =>
-                {
-                    staged.remove(name)
-                }
-                Some(_) => {
-                    return Err(PullError::Store(format!("a different share of {name:?} is already staged here")));
-                }
+                Some(s) if s.extends_with(&origin, chunk_size, &chunks, &coordinator) => staged.remove(name),
+                Some(_) => return Err(PullError::ShareBusy(name.to_owned())),
             }
         };
-        let mut room = StagedRoom::take(&shared, share_bytes(origin.size, chunk_size, &chunks))
-            .map_err(|e| PullError::Store(e.to_string()))?;
+        let mut room = node.take_room(share_bytes(origin.size, chunk_size, &chunks))?;
         let (into, mut ranges, earlier_bytes) = match earlier {
             Some(s) => {
                 room.absorb(s.room);
@@ -162,49 +100,44 @@ impl Cluster {
         };
         // The whole object must fit once received, the share's room counted in.
         let reserved = room.size();
-        let fits = |size: u64| shared.store().check_room(size.saturating_sub(reserved));
-        let filled = shared
-            .s3()
-            .fetch_share(&origin, chunk_size, chunks.clone(), into, fits)
-            .await
-            .map_err(|e| PullError::S3 { code: e.code(), message: e.to_string() })?
-            .map_err(|e| PullError::Store(e.to_string()))?;
+        let fits = |size: u64| node.store().check_room(size.saturating_sub(reserved));
+        let filled = node.s3().fetch_share(&origin, chunk_size, chunks.clone(), into, fits).await??;
         // (S3 bytes are counted in the metrics as each part lands.)
         let s3_bytes = filled.stats.bytes;
         let hashes = filled.hashes.clone();
         ranges.push((chunks.clone(), filled.hashes));
-        let generation = self.staged_generation.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let share = StagedShare {
+        let share = NewShare {
             fd: filled.fd,
             mapping: filled.mapping,
             ranges,
             s3_bytes: earlier_bytes + s3_bytes,
             origin,
             chunk_size,
-            generation,
             coordinator,
             room,
         };
-        {
-            let mut staged = self.staged.lock().unwrap_or_else(|p| p.into_inner());
-            if staged.contains_key(name) {
-                return Err(PullError::Store(format!("a share of {name:?} is already being fetched here")));
-            }
-            staged.insert(name.to_owned(), share);
+        self.staged.stage(name, share).map_err(|ShareBusy| PullError::ShareBusy(name.to_owned()))?;
+        Ok(ShareFetched { hashes, s3_bytes, seconds: started.elapsed().as_secs_f64() })
+    }
+
+    /// The first phase on `node`: on this node itself, or asked of a peer.
+    #[allow(clippy::too_many_arguments)]
+    async fn share_on(
+        self: &Arc<Self>,
+        node: &str,
+        addr: SocketAddr,
+        name: &str,
+        origin: S3Origin,
+        chunk_size: u64,
+        chunks: Range<u64>,
+        timeout: Duration,
+    ) -> Result<ShareFetched, String> {
+        if node == self.puller.node_id() {
+            self.fetch_share(name, origin, chunk_size, chunks, Coordinator::Local).await.map_err(|e| e.to_string())
+        } else {
+            let peers = self.puller.peers();
+            peers.fetch_share(node, addr, name, origin, chunk_size, chunks, timeout).await.map_err(|e| e.to_string())
         }
-        let cluster = Arc::downgrade(self);
-        let owned = name.to_owned();
-        tokio::spawn(async move {
-            tokio::time::sleep(STAGED_TTL).await;
-            if let Some(cluster) = cluster.upgrade() {
-                let mut staged = cluster.staged.lock().unwrap_or_else(|p| p.into_inner());
-                if staged.get(&owned).is_some_and(|s| s.generation == generation) {
-                    warn!(name = %owned, "dropping a cooperative share never completed");
-                    staged.remove(&owned);
-                }
-            }
-        });
-        Ok((hashes, s3_bytes, started.elapsed().as_secs_f64()))
     }
 
     /// Second phase on this node: receives `name` from its staged share (if any) and the
@@ -226,7 +159,7 @@ impl Cluster {
             return Err(PullError::BadRequest(format!("the manifest sent for {name:?} is inconsistent")));
         }
         let share = {
-            let mut staged = self.staged.lock().unwrap_or_else(|p| p.into_inner());
+            let mut staged = self.staged.lock();
             match staged.get(name) {
                 Some(s) if s.coordinator != coordinator => {
                     return Err(PullError::BadRequest(format!(
@@ -238,15 +171,12 @@ impl Cluster {
             }
         };
         let share = share.filter(|s| s.origin == origin);
-        self.pull_with(name, timeout, PullStart::Share { share, manifest, origin }).await
+        self.puller.pull_with(name, timeout, PullStart::Share { share, manifest, origin }).await
     }
 
     /// Forgets the staged share of `name`, if `coordinator` staged it.
     pub fn drop_share(&self, name: &str, coordinator: &Coordinator) {
-        let mut staged = self.staged.lock().unwrap_or_else(|p| p.into_inner());
-        if staged.get(name).is_some_and(|s| s.coordinator == *coordinator) {
-            staged.remove(name);
-        }
+        self.staged.drop_share(name, coordinator);
     }
 
     /// Has `nodes` (every live node if `None`) load `url` into `name` cooperatively.
@@ -259,9 +189,7 @@ impl Cluster {
     ) -> Result<CooperativePull, PullError> {
         let started = Instant::now();
         let deadline = started + timeout;
-        let shared = self.shared()?;
-        let origin =
-            shared.s3().head(url).await.map_err(|e| PullError::S3 { code: e.code(), message: e.to_string() })?;
+        let origin = self.node.s3().head(url).await?;
         let live = self.scheduler.nodes().await?;
         let addrs: HashMap<NodeId, SocketAddr> = live.iter().map(|n| (n.info.id.clone(), n.info.addr)).collect();
         let mut targets = nodes.unwrap_or_else(|| live.iter().map(|n| n.info.id.clone()).collect());
@@ -276,30 +204,16 @@ impl Cluster {
         if !self.scheduler.locate(name).await?.is_empty() {
             return Err(PullError::AlreadyHeld(name.to_owned()));
         }
-        let chunk_size = shared.config.chunk_size;
+        let chunk_size = self.node.chunk_size();
         let count = manifest::chunk_count(origin.size, chunk_size);
         let plan: Vec<(NodeId, Range<u64>)> = targets.iter().cloned().zip(shares(count, targets.len())).collect();
 
         let mut fetching = tokio::task::JoinSet::new();
         for (node, chunks) in plan.clone() {
-            let (cluster, name, origin, addr) = (self.clone(), name.to_owned(), origin.clone(), addrs[&node]);
+            let (this, name, origin, addr) = (self.clone(), name.to_owned(), origin.clone(), addrs[&node]);
             let left = deadline.saturating_duration_since(Instant::now());
             fetching.spawn(async move {
-                let result = if node == cluster.config.node_id {
-                    cluster
-                        .fetch_share(&name, origin, chunk_size, chunks.clone(), Coordinator::Local)
-                        .await
-                        .map_err(|e| e.to_string())
-                } else {
-                    let req =
-                        PeerRequest::FetchShare { name, origin, chunk_size, first: chunks.start, end: chunks.end };
-                    match cluster.ask_peer(&node, addr, &req, left).await {
-                        Ok(PeerResponse::ShareFetched { hashes, s3_bytes, seconds }) => Ok((hashes, s3_bytes, seconds)),
-                        Ok(PeerResponse::Error { message }) => Err(message),
-                        Ok(other) => Err(format!("unexpected answer {other:?}")),
-                        Err(e) => Err(e),
-                    }
-                };
+                let result = this.share_on(&node, addr, &name, origin, chunk_size, chunks.clone(), left).await;
                 (node, chunks, result)
             });
         }
@@ -310,7 +224,9 @@ impl Cluster {
         let mut failed: Vec<(NodeId, Range<u64>, String)> = Vec::new();
         while let Some(done) = fetching.join_next().await {
             match done {
-                Ok((node, chunks, Ok((hashes, s3_bytes, _)))) if hashes.len() as u64 == chunks.end - chunks.start => {
+                Ok((node, chunks, Ok(ShareFetched { hashes, s3_bytes, .. })))
+                    if hashes.len() as u64 == chunks.end - chunks.start =>
+                {
                     hashes_of.insert((chunks.start, chunks.end), hashes);
                     s3_of.insert(node.clone(), s3_bytes);
                     ok_nodes.push(node);
@@ -337,27 +253,11 @@ impl Cluster {
             let substitute = &ok_nodes[i % ok_nodes.len()];
             warn!(%node, %substitute, error = %why, "cooperative share failed; another node takes it over");
             let left = deadline.saturating_duration_since(Instant::now());
-            let result = if *substitute == self.config.node_id {
-                self.fetch_share(name, origin.clone(), chunk_size, chunks.clone(), Coordinator::Local)
-                    .await
-                    .map_err(|e| e.to_string())
-            } else {
-                let req = PeerRequest::FetchShare {
-                    name: name.to_owned(),
-                    origin: origin.clone(),
-                    chunk_size,
-                    first: chunks.start,
-                    end: chunks.end,
-                };
-                match self.ask_peer(substitute, addrs[substitute], &req, left).await {
-                    Ok(PeerResponse::ShareFetched { hashes, s3_bytes, seconds }) => Ok((hashes, s3_bytes, seconds)),
-                    Ok(PeerResponse::Error { message }) => Err(message),
-                    Ok(other) => Err(format!("unexpected answer {other:?}")),
-                    Err(e) => Err(e),
-                }
-            };
+            let result = self
+                .share_on(substitute, addrs[substitute], name, origin.clone(), chunk_size, chunks.clone(), left)
+                .await;
             match result {
-                Ok((hashes, s3_bytes, _)) if hashes.len() as u64 == chunks.end - chunks.start => {
+                Ok(ShareFetched { hashes, s3_bytes, .. }) if hashes.len() as u64 == chunks.end - chunks.start => {
                     hashes_of.insert((chunks.start, chunks.end), hashes);
                     *s3_of.entry(substitute.clone()).or_default() += s3_bytes;
                     taken_over.insert(node.clone(), format!("its share failed ({why}); {substitute} read it instead"));
@@ -393,24 +293,17 @@ impl Cluster {
 
         let mut completing = tokio::task::JoinSet::new();
         for (node, chunks) in plan.iter().filter(|(n, _)| !taken_over.contains_key(n)).cloned() {
-            let (cluster, name, origin, manifest, addr) =
+            let (this, name, origin, manifest, addr) =
                 (self.clone(), name.to_owned(), origin.clone(), manifest.clone(), addrs[&node]);
             let left = deadline.saturating_duration_since(Instant::now());
             completing.spawn(async move {
-                let result = if node == cluster.config.node_id {
-                    cluster
-                        .complete_share(&name, manifest, origin, left, Coordinator::Local)
+                let result = if node == this.puller.node_id() {
+                    this.complete_share(&name, manifest, origin, left, Coordinator::Local)
                         .await
                         .map_err(|e| e.to_string())
                 } else {
-                    let timeout_ms = left.as_millis() as u64;
-                    let req = PeerRequest::CompleteShare { name, manifest, origin, timeout_ms };
-                    match cluster.ask_peer(&node, addr, &req, left).await {
-                        Ok(PeerResponse::Pulled(report)) => Ok(report),
-                        Ok(PeerResponse::Error { message }) => Err(message),
-                        Ok(other) => Err(format!("unexpected answer {other:?}")),
-                        Err(e) => Err(e),
-                    }
+                    let peers = this.puller.peers();
+                    peers.complete_share(&node, addr, &name, manifest, origin, left).await.map_err(|e| e.to_string())
                 };
                 CooperativeOutcome { node, share: (chunks.start, chunks.end), result }
             });
@@ -455,33 +348,17 @@ impl Cluster {
     async fn drop_shares(self: &Arc<Self>, name: &str, targets: &[NodeId], addrs: &HashMap<NodeId, SocketAddr>) {
         let mut dropping = tokio::task::JoinSet::new();
         for node in targets {
-            let (cluster, node, name, addr) = (self.clone(), node.clone(), name.to_owned(), addrs[node]);
+            let (this, node, name, addr) = (self.clone(), node.clone(), name.to_owned(), addrs[node]);
             dropping.spawn(async move {
-                if node == cluster.config.node_id {
-                    cluster.drop_share(&name, &Coordinator::Local);
-                } else if let Err(e) =
-                    cluster.ask_peer(&node, addr, &PeerRequest::DropShare { name }, Duration::from_secs(5)).await
+                if node == this.puller.node_id() {
+                    this.drop_share(&name, &Coordinator::Local);
+                } else if let Err(e) = this.puller.peers().drop_share(&node, addr, &name, Duration::from_secs(5)).await
                 {
                     warn!(%node, error = %e, "could not drop a cooperative share");
                 }
             });
         }
         while dropping.join_next().await.is_some() {}
-    }
-
-    /// Sends one request to a peer and returns its answer, within `timeout`.
-    pub(super) async fn ask_peer(
-        &self,
-        node: &str,
-        addr: SocketAddr,
-        req: &PeerRequest,
-        timeout: Duration,
-    ) -> Result<PeerResponse, String> {
-        let ask = async {
-            let conn = self.connect(node, addr).await?;
-            store_client::rpc::call::<_, PeerResponse>(&conn, req).await.map(|(r, _)| r).map_err(|e| e.to_string())
-        };
-        tokio::time::timeout(timeout + Duration::from_secs(5), ask).await.unwrap_or_else(|_| Err("timed out".into()))
     }
 }
 

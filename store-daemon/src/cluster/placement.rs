@@ -7,21 +7,22 @@
 //!   [`PREFETCH_CONCURRENCY`] at a time, so the inputs of the tasks queued first arrive
 //!   first, while the node works through the tasks placed before (that overlap is the point
 //!   of prefetching). A task's `get` of an input being prefetched joins that pull;
-//! - every finished pull is reported to the scheduler ([`TransferReport`]), which keeps its
+//! - every finished pull is reported to the scheduler (by the pull service), which keeps its
 //!   estimate of the bandwidth into this node from them.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::net::SocketAddr;
-use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use store_client::scheduler_client::SchedulerClient;
 use store_client::wire::node::NodeId;
-use store_client::wire::peer::{PeerRequest, PeerResponse};
-use store_client::wire::placement::{PlaceOutcome, PlaceSpec, PrefetchOutcome, TransferReport};
+use store_client::wire::placement::{PlaceOutcome, PlaceSpec, PrefetchOutcome};
 use tracing::{debug, info, warn};
 
-use super::{Cluster, PullError};
+use super::error::PullError;
+use super::pull::Puller;
+use crate::node::NodeStore;
 
 /// Prefetch pulls running at once on a node. Two keep the inbound link busy across each
 /// pull's set-up (locate, manifest) without splitting it so finely that the input of the
@@ -29,20 +30,34 @@ use super::{Cluster, PullError};
 pub const PREFETCH_CONCURRENCY: usize = 2;
 /// Longest a prefetch pull may take (queued ones wait without a limit).
 const PREFETCH_TIMEOUT: Duration = Duration::from_secs(3600);
-/// Longest a chosen node may take to accept a prefetch request.
-const PREFETCH_ASK_TIMEOUT: Duration = Duration::from_secs(10);
+/// Longest a chosen node may take to accept a prefetch request (plus the peer client's
+/// round-trip margin).
+const PREFETCH_ASK_TIMEOUT: Duration = Duration::from_secs(5);
 /// Most names waiting to be prefetched; names asked for beyond it are not queued (the
 /// task's own `get` pulls them), so a peer cannot grow the queue without bound.
 pub const MAX_PREFETCH_QUEUE: usize = 4096;
 
 /// Names waiting to be prefetched, and the workers pulling them.
 #[derive(Debug, Default)]
-pub struct PrefetchQueue {
+struct PrefetchQueue {
     queue: VecDeque<String>,
     workers: usize,
 }
 
-impl Cluster {
+/// Placement requests of local clients, and the prefetch queue peers fill.
+#[derive(Debug)]
+pub struct Placement {
+    node: Arc<NodeStore>,
+    puller: Arc<Puller>,
+    scheduler: Arc<SchedulerClient>,
+    queue: Mutex<PrefetchQueue>,
+}
+
+impl Placement {
+    pub fn new(node: Arc<NodeStore>, puller: Arc<Puller>, scheduler: Arc<SchedulerClient>) -> Self {
+        Self { node, puller, scheduler, queue: Mutex::default() }
+    }
+
     /// Asks the scheduler where to run tasks reading `spec.needs`; with `prefetch`, asks the
     /// chosen nodes to start pulling what they miss.
     pub async fn place(self: &Arc<Self>, spec: PlaceSpec, prefetch: bool) -> Result<PlaceOutcome, PullError> {
@@ -61,9 +76,9 @@ impl Cluster {
             }
             let mut asks = tokio::task::JoinSet::new();
             for (node, (addr, names)) in per_node.into_iter().filter(|(_, (_, names))| !names.is_empty()) {
-                let cluster = self.clone();
+                let this = self.clone();
                 asks.spawn(async move {
-                    let result = cluster.ask_prefetch(&node, addr, names.clone()).await;
+                    let result = this.ask_prefetch(&node, addr, names.clone()).await;
                     PrefetchOutcome { node, names, result }
                 });
             }
@@ -78,30 +93,21 @@ impl Cluster {
     }
 
     async fn ask_prefetch(self: &Arc<Self>, node: &str, addr: SocketAddr, names: Vec<String>) -> Result<(), String> {
-        if node == self.config.node_id {
+        if node == self.puller.node_id() {
             self.prefetch(names);
             return Ok(());
         }
-        let ask = async {
-            let conn = self.connect(node, addr).await?;
-            match store_client::rpc::call::<_, PeerResponse>(&conn, &PeerRequest::Prefetch { names }).await {
-                Ok((PeerResponse::Queued { .. }, _)) => Ok(()),
-                Ok((PeerResponse::Error { message }, _)) => Err(message),
-                Ok((other, _)) => Err(format!("unexpected answer {other:?}")),
-                Err(e) => Err(e.to_string()),
-            }
-        };
-        tokio::time::timeout(PREFETCH_ASK_TIMEOUT, ask).await.unwrap_or_else(|_| Err(format!("{node} did not answer")))
+        let asked = self.puller.peers().prefetch(node, addr, names, PREFETCH_ASK_TIMEOUT).await;
+        asked.map(drop).map_err(|e| e.to_string())
     }
 
     /// Queues `names` for pulling in the background, in order; returns how many were
     /// queued (names held or queued already are skipped).
     pub fn prefetch(self: &Arc<Self>, names: Vec<String>) -> u32 {
-        let Ok(shared) = self.shared() else { return 0 };
-        if self.draining.is_cancelled() {
+        if self.puller.is_draining() {
             return 0;
         }
-        let mut q = self.prefetch.lock().unwrap_or_else(|p| p.into_inner());
+        let mut q = self.queue.lock().unwrap_or_else(|p| p.into_inner());
         let mut queued = 0;
         for name in names {
             if q.queue.len() >= MAX_PREFETCH_QUEUE {
@@ -109,7 +115,7 @@ impl Cluster {
                 break;
             }
             if store_client::name::validate(&name).is_err()
-                || shared.store().has_sealed(&name)
+                || self.node.store().has_sealed(&name)
                 || q.queue.contains(&name)
             {
                 continue;
@@ -119,7 +125,7 @@ impl Cluster {
         }
         while q.workers < PREFETCH_CONCURRENCY && q.workers < q.queue.len() {
             q.workers += 1;
-            self.pull_tasks.spawn(self.clone().prefetch_worker());
+            self.puller.spawn(self.clone().prefetch_worker());
         }
         debug!(queued, waiting = q.queue.len(), "prefetch queued");
         queued
@@ -129,9 +135,9 @@ impl Cluster {
     async fn prefetch_worker(self: Arc<Self>) {
         loop {
             let name = {
-                let mut q = self.prefetch.lock().unwrap_or_else(|p| p.into_inner());
+                let mut q = self.queue.lock().unwrap_or_else(|p| p.into_inner());
                 match q.queue.pop_front() {
-                    Some(name) if !self.draining.is_cancelled() => name,
+                    Some(name) if !self.puller.is_draining() => name,
                     _ => {
                         q.queue.clear();
                         q.workers -= 1;
@@ -140,7 +146,7 @@ impl Cluster {
                 }
             };
             let started = Instant::now();
-            match self.pull(&name, PREFETCH_TIMEOUT, true).await {
+            match self.puller.pull(&name, PREFETCH_TIMEOUT, true).await {
                 Ok(r) if !r.already_present => {
                     info!(%name, bytes = r.bytes, seconds = started.elapsed().as_secs_f64(), "prefetched")
                 }
@@ -149,23 +155,5 @@ impl Cluster {
                 Err(e) => warn!(%name, error = %e, "prefetch failed"),
             }
         }
-    }
-
-    /// Reports a finished pull to the scheduler, in the background: `started` is when the
-    /// chunk transfer began and what the node had received from peers by then.
-    pub(super) fn report_transfer(self: &Arc<Self>, name: &str, started: (Instant, u64), from: &BTreeMap<NodeId, u64>) {
-        let bytes: u64 = from.values().sum();
-        if bytes == 0 {
-            return;
-        }
-        let seconds = started.0.elapsed().as_secs_f64();
-        let node_bytes = self.stats.bytes_received.load(Ordering::Relaxed).saturating_sub(started.1);
-        let report = TransferReport { name: name.to_owned(), bytes, seconds, from: from.clone(), node_bytes };
-        let cluster = self.clone();
-        tokio::spawn(async move {
-            if let Err(e) = cluster.scheduler.report_transfer(&cluster.config.node_id, report).await {
-                debug!(error = %e, "cannot report a transfer to the scheduler");
-            }
-        });
     }
 }
