@@ -1,6 +1,6 @@
 //! The broadcast simulator as a bench: swarm (the production pull policy), swarm with
 //! receivers dying, chain and binary tree, for several N and object sizes, in virtual time.
-//! See `store_tests::broadcast_sim` and `store_daemon::replication::sim`.
+//! See `store_demo::broadcast_sim` and `store_daemon::replication::sim`.
 
 use std::io::Write as _;
 use std::path::PathBuf;
@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::bail;
 use clap::Parser;
-use store_tests::broadcast_sim::{self, BenchConfig, Event, Row, TABLE_HEADER};
+use store_demo::broadcast_sim::{self, BenchConfig, Event, Row, TABLE_HEADER};
 
 /// Simulates a broadcast of one object from one source to N receivers for every N, size and
 /// schedule, and prints the slowest receiver's time over S/B (one transfer over one link)

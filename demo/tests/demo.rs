@@ -4,7 +4,7 @@
 
 use std::path::PathBuf;
 
-use store_tests::demo::{self, Audio, Case, DemoConfig, Method, report};
+use store_demo::demo::{self, Audio, Case, DemoConfig, Method, report};
 
 #[test]
 fn reduced_demo_completes_every_case_with_equal_digests() {

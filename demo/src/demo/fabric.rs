@@ -1,7 +1,7 @@
 //! The demo's cluster: certificates, one scheduler, one daemon per node and the S3 endpoint,
 //! every one a process of the demo's executable ([`super::roles`]), either on loopback with
 //! rate limits (the default: no root needed) or on shaped network-namespace hosts from
-//! [`crate::netns`] (`--netns`).
+//! [`store_tests::netns`] (`--netns`).
 //!
 //! How each node's 200 Mbit/s NIC is emulated:
 //! - loopback: the daemon's `--max-egress-rate` limits what it sends to peers, and the S3
@@ -19,9 +19,11 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use store_client::StoreClient;
 
-use crate::cluster::{PEER_PORT, SCHEDULER_PORT, node_id};
-use crate::netns::{LinkSpec, NetnsCluster, NsChild};
-use crate::s3_server::{TEST_ACCESS_KEY, TEST_SECRET_KEY};
+use store_tests::cluster::{PEER_PORT, SCHEDULER_PORT, node_id};
+use store_tests::netns::{LinkSpec, NetnsCluster, NsChild};
+use store_tests::s3_server::{TEST_ACCESS_KEY, TEST_SECRET_KEY};
+
+use super::roles::{NodeFlags, SchedulerFlags};
 
 /// TCP port of the S3 endpoint in its netns host.
 const S3_PORT: u16 = 9000;
@@ -164,36 +166,24 @@ impl Fabric {
         fabric.s3 = Some(NsChild::spawn(&mut cmd)?);
 
         let mut cmd = fabric.command(0, "scheduler", logs)?;
-        cmd.arg("role-scheduler")
-            .arg("--listen")
-            .arg(sched_addr.to_string())
-            .arg("--cert-dir")
-            .arg(&certs)
-            .arg("--log")
-            .arg(&fabric.spec.log);
+        let flags = SchedulerFlags { listen: sched_addr, cert_dir: certs.clone(), log: fabric.spec.log.clone() };
+        cmd.arg("role-scheduler").args(flags.argv());
         fabric.scheduler = Some(NsChild::spawn(&mut cmd)?);
 
         for (i, peer) in peer_addrs.iter().enumerate() {
             let mut cmd = fabric.command(i, &node_id(i), logs)?;
-            cmd.arg("role-node")
-                .arg("--socket")
-                .arg(fabric.socket(i))
-                .arg("--capacity")
-                .arg(fabric.spec.capacity.to_string())
-                .arg("--node-id")
-                .arg(node_id(i))
-                .arg("--listen")
-                .arg(peer.to_string())
-                .arg("--scheduler")
-                .arg(sched_addr.to_string())
-                .arg("--cert-dir")
-                .arg(&certs)
-                .arg("--log")
-                .arg(&fabric.spec.log)
-                .envs(fabric.s3_env(i));
-            if fabric.net.is_none() {
-                cmd.arg("--max-egress-rate").arg(fabric.spec.bytes_per_second().to_string());
-            }
+            let flags = NodeFlags {
+                socket: fabric.socket(i),
+                capacity: fabric.spec.capacity,
+                node_id: node_id(i),
+                listen: *peer,
+                scheduler: sched_addr,
+                cert_dir: certs.clone(),
+                // On loopback the daemon's egress limit is the node's NIC toward peers.
+                max_egress_rate: fabric.net.is_none().then(|| fabric.spec.bytes_per_second()),
+                log: fabric.spec.log.clone(),
+            };
+            cmd.arg("role-node").args(flags.argv()).envs(fabric.s3_env(i));
             fabric.daemons.push(NsChild::spawn(&mut cmd)?);
         }
         for i in 0..fabric.spec.nodes {
@@ -326,7 +316,7 @@ impl Fabric {
 
     /// Polls `check` every 50 ms until it returns true or `limit` passes.
     pub fn wait_until(&self, limit: Duration, check: impl FnMut() -> bool) -> bool {
-        crate::wait_until(limit, check)
+        store_tests::wait_until(limit, check)
     }
 }
 

@@ -1,6 +1,6 @@
 //! The cluster bench behind `cluster-bench`: the object-store cases of the experiment that
 //! motivated the project, on emulated hosts (network namespaces with tbf-shaped links, see
-//! [`crate::netns`]) running real scheduler and daemon processes ([`crate::cluster`]).
+//! [`store_tests::netns`]) running real scheduler and daemon processes ([`store_tests::cluster`]).
 //!
 //! Cases:
 //! - `one`: one receiver on another host (node-0 -> node-1), repeated.
@@ -23,10 +23,10 @@
 //!
 //! "digest ok" everywhere means: the BLAKE3 of the bytes a consumer maps (`get`, after the
 //! clock stopped) or holds (an S3 download's buffer) equals the BLAKE3 of the payload the
-//! bench generated, never a daemon's reported digest ([`crate::verify`]).
+//! bench generated, never a daemon's reported digest ([`store_tests::verify`]).
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::Path;
 use std::process::Stdio;
@@ -34,270 +34,25 @@ use std::sync::{Arc, Barrier, mpsc};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use serde::{Deserialize, Serialize};
 use store_client::StoreClient;
-use store_client::tls::{CertPaths, Identity};
 
-use crate::cluster::{ClusterSpec, TestCluster, node_id};
-use crate::netns::{LinkSpec, NsChild, run_checked};
-use crate::payload;
-use crate::verify;
-use crate::workspace_bin;
+use store_tests::cluster::{ClusterSpec, TestCluster, node_id};
+use store_tests::netns::{LinkSpec, NsChild, run_checked};
+use store_tests::payload;
+use store_tests::verify;
+use store_tests::workspace_bin;
 
 pub mod s3;
 
-/// Name of the benchmark object.
-pub const OBJECT: &str = "bench/object.bin";
-/// UDP port of the bare quinn sink.
-pub const QUINN_PORT: u16 = 7800;
-/// ALPN of the bare quinn stream (not the daemons', so it can never reach one by mistake).
-pub const QUINN_ALPN: &[u8] = b"cluster-bench/1";
-/// Largest piece written to the bare stream at once: the same as the daemons' chunk server.
-pub const QUINN_SLICE: usize = store_daemon::cluster::SEND_SLICE;
+mod config;
+mod quinn;
+mod report;
 
-/// A bench case.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
-#[serde(rename_all = "lowercase")]
-pub enum Case {
-    One,
-    Local,
-    Broadcast,
-    Unshaped,
-    /// S3 downloads: N hosts each directly, k consumers on one host direct vs one store copy.
-    S3,
-    /// Cooperative S3 fetch to N hosts: each reads a disjoint share from S3, the rest from the others.
-    S3Coop,
-}
-
-/// What to run.
-#[derive(Clone, Debug, Serialize)]
-pub struct BenchConfig {
-    /// Rate of every shaped link, Mbit/s (10^6 bit/s), each direction.
-    pub rate_mbit: u32,
-    /// Object size in bytes.
-    pub size: u64,
-    /// Smallest and largest number of receivers of the broadcast case.
-    pub min_n: usize,
-    pub max_n: usize,
-    /// Relay settings of the broadcast case (on = swarm, off = single source).
-    pub relay_modes: Vec<bool>,
-    /// MTU of the shaped links.
-    pub mtu: u32,
-    pub cases: Vec<Case>,
-    /// Rounds of the cheap cases (`one`, `local`, `unshaped`); medians are reported.
-    pub repeat: usize,
-    /// MTUs of the unshaped case.
-    pub unshaped_mtus: Vec<u32>,
-    /// Log filter of the daemons and the scheduler (`STORE_LOG`).
-    pub log: String,
-    /// Rate of the S3 endpoint host's link, Mbit/s (the S3 cases).
-    pub s3_rate_mbit: u32,
-    /// Largest number of consumers on one host (the S3 cases).
-    pub max_k: usize,
-}
-
-impl BenchConfig {
-    /// Seconds to move the object at the configured link rate: S/B.
-    pub fn s_over_b(&self) -> f64 {
-        self.size as f64 * 8.0 / (f64::from(self.rate_mbit) * 1e6)
-    }
-
-    /// TCP payload rate a tbf-shaped link carries (what a plain TCP stream reaches), bit/s.
-    pub fn tcp_payload_bps(&self) -> f64 {
-        f64::from(self.rate_mbit) * 1e6 * f64::from(self.mtu.saturating_sub(52)) / f64::from(self.mtu + 14)
-    }
-
-    /// Seconds to move the object at the TCP payload rate.
-    pub fn tcp_bound(&self) -> f64 {
-        self.size as f64 * 8.0 / self.tcp_payload_bps()
-    }
-}
-
-/// The machine the bench ran on.
-#[derive(Clone, Debug, Serialize)]
-pub struct Machine {
-    pub nproc: usize,
-    pub cpu_model: String,
-    pub kernel: String,
-}
-
-impl Machine {
-    pub fn probe() -> Self {
-        let nproc = std::thread::available_parallelism().map_or(0, usize::from);
-        let cpu_model = std::fs::read_to_string("/proc/cpuinfo")
-            .ok()
-            .and_then(|s| {
-                s.lines()
-                    .find(|l| l.starts_with("model name"))
-                    .and_then(|l| l.split_once(':'))
-                    .map(|(_, v)| v.trim().to_string())
-            })
-            .unwrap_or_else(|| "unknown".into());
-        let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
-            .map(|s| s.trim().to_string())
-            .unwrap_or_else(|_| "unknown".into());
-        Self { nproc, cpu_model, kernel }
-    }
-}
-
-/// Bounds of the shaped cases.
-#[derive(Clone, Debug, Serialize)]
-pub struct Bounds {
-    /// S/B at the configured rate, seconds.
-    pub s_over_b: f64,
-    /// TCP payload rate of the shaped link, Mbit/s.
-    pub tcp_payload_mbit: f64,
-    /// S over the TCP payload rate, seconds.
-    pub tcp_bound: f64,
-}
-
-/// One receiver of a replication round.
-#[derive(Clone, Debug, Serialize)]
-pub struct ReceiverRow {
-    pub case: Case,
-    /// Relaying on (swarm) or off (single source); `None` where it does not matter.
-    pub relay: Option<bool>,
-    /// Receivers in the round.
-    pub n: usize,
-    pub round: usize,
-    pub node: String,
-    pub error: Option<String>,
-    /// The receiver's own pull time (from its request to the sealed object).
-    pub seconds: f64,
-    /// 10^6 bytes per second.
-    pub mb_per_s: f64,
-    /// Payload bits per second as a percentage of the configured link rate.
-    pub link_pct: f64,
-    pub s_over_b: f64,
-    /// `seconds / s_over_b`.
-    pub x_bound: f64,
-    /// The BLAKE3 of its mapped bytes equals the payload's.
-    pub digest_ok: bool,
-    /// Bytes received from each holder.
-    pub from: BTreeMap<String, u64>,
-    pub retries: u64,
-}
-
-/// One round of the broadcast case.
-#[derive(Clone, Debug, Serialize)]
-pub struct BroadcastRound {
-    pub n: usize,
-    pub relay: bool,
-    /// The slowest receiver's seconds.
-    pub max_seconds: f64,
-    pub max_x_bound: f64,
-    /// Wall time of the replicate call as the bench saw it.
-    pub wall_seconds: f64,
-    pub all_ok: bool,
-}
-
-/// One consumer of the local case.
-#[derive(Clone, Debug, Serialize)]
-pub struct LocalRow {
-    /// Consumers mapping at once.
-    pub k: usize,
-    pub round: usize,
-    pub consumer: usize,
-    /// From `get` to a readable mapping (first byte read).
-    pub map_seconds: f64,
-    /// From `get` to having read one byte of every page (all 4 KiB pages faulted in).
-    pub touch_seconds: f64,
-    /// The BLAKE3 of its mapping equals the payload's: the daemon handed over the object put
-    /// on this host (no copy, no transfer).
-    pub digest_ok: bool,
-}
-
-/// The unshaped case for one MTU.
-#[derive(Clone, Debug, Serialize)]
-pub struct UnshapedReport {
-    pub mtu: u32,
-    /// Replication node-0 -> node-1 per round, Gbit/s.
-    pub replication_gbit: Vec<f64>,
-    /// A bare quinn stream host 0 -> host 1 per round, Gbit/s.
-    pub quinn_gbit: Vec<f64>,
-    pub tcp_gbit: f64,
-    pub tcp_retransmits: u64,
-    pub replication_median: f64,
-    pub quinn_median: f64,
-    /// `replication_median / quinn_median`.
-    pub ratio: f64,
-}
-
-/// A target of the issue and whether this run met it.
-#[derive(Clone, Debug, Serialize)]
-pub struct Target {
-    pub target: String,
-    pub met: bool,
-    pub detail: String,
-}
-
-#[derive(Clone, Debug, Serialize)]
-pub struct BenchReport {
-    pub config: BenchConfig,
-    pub machine: Machine,
-    pub started_unix: u64,
-    pub bounds: Bounds,
-    pub one: Vec<ReceiverRow>,
-    pub local: Vec<LocalRow>,
-    pub broadcast: Vec<ReceiverRow>,
-    pub broadcast_rounds: Vec<BroadcastRound>,
-    pub unshaped: Vec<UnshapedReport>,
-    pub targets: Vec<Target>,
-    /// The S3 cases.
-    pub s3: Option<s3::S3Report>,
-}
-
-/// Median of `values` (NaN when empty).
-pub fn median(values: &[f64]) -> f64 {
-    let mut v: Vec<f64> = values.iter().copied().filter(|x| x.is_finite()).collect();
-    if v.is_empty() {
-        return f64::NAN;
-    }
-    v.sort_by(f64::total_cmp);
-    let mid = v.len() / 2;
-    if v.len() % 2 == 1 { v[mid] } else { (v[mid - 1] + v[mid]) / 2.0 }
-}
-
-const RECEIVER_HEADER: &str =
-    "case       relay   N round node       seconds     MB/s  %link   S/B(s)  xS/B  digest  from (MiB)";
-
-fn receiver_line(r: &ReceiverRow) -> String {
-    let relay = match r.relay {
-        Some(true) => "on",
-        Some(false) => "off",
-        None => "-",
-    };
-    let case = match r.case {
-        Case::One => "one",
-        Case::Broadcast => "broadcast",
-        Case::Local => "local",
-        Case::Unshaped => "unshaped",
-        Case::S3 => "s3",
-        Case::S3Coop => "s3-coop",
-    };
-    if let Some(e) = &r.error {
-        return format!("{case:<10} {relay:<5} {:>3} {:>5} {:<8} FAILED: {e}", r.n, r.round, r.node);
-    }
-    let from: Vec<String> =
-        r.from.iter().map(|(node, bytes)| format!("{node}:{:.0}", *bytes as f64 / f64::from(1 << 20))).collect();
-    format!(
-        "{case:<10} {relay:<5} {:>3} {:>5} {:<8} {:>9.3} {:>8.2} {:>6.1} {:>8.3} {:>5.2}  {:<6}  {}",
-        r.n,
-        r.round,
-        r.node,
-        r.seconds,
-        r.mb_per_s,
-        r.link_pct,
-        r.s_over_b,
-        r.x_bound,
-        if r.digest_ok { "ok" } else { "BAD" },
-        from.join(" ")
-    )
-}
-
-fn capacity_for(size: u64) -> String {
-    format!("{}MiB", (size * 3).div_ceil(1 << 20) + 1024)
-}
+use config::capacity_for;
+pub use config::{BenchConfig, Case, Machine, OBJECT, QUINN_ALPN, QUINN_PORT, QUINN_SLICE, Target, median};
+pub use quinn::{QuinnResult, quinn_sink, quinn_source};
+pub use report::{BenchReport, Bounds, BroadcastRound, LocalRow, ReceiverRow, UnshapedReport};
+use report::{RECEIVER_HEADER, receiver_line};
 
 fn shaped_spec(cfg: &BenchConfig, hosts: usize) -> ClusterSpec {
     let mut spec = ClusterSpec::new(hosts, LinkSpec::shaped(cfg.rate_mbit, cfg.mtu));
@@ -660,13 +415,6 @@ fn start_sink(cluster: &TestCluster, host: usize) -> anyhow::Result<Sink> {
     }
 }
 
-/// Result of one bare quinn transfer, printed by `quinn-source` as JSON.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct QuinnResult {
-    pub bytes: u64,
-    pub seconds: f64,
-}
-
 fn run_source(cluster: &TestCluster, host: usize, sink: &Sink, sink_host: usize, bytes: u64) -> anyhow::Result<f64> {
     let mut cmd = cluster.net().host(host).command(workspace_bin("cluster-bench")?);
     cmd.arg("quinn-source")
@@ -821,98 +569,3 @@ fn evaluate(cfg: &BenchConfig, report: &BenchReport) -> Vec<Target> {
 }
 
 // ---------------------------------------------------------------------------------------
-// The bare quinn stream (hidden subcommands of cluster-bench, run inside the hosts)
-// ---------------------------------------------------------------------------------------
-
-fn identity(cert_dir: &Path, name: &str) -> anyhow::Result<Identity> {
-    Identity::load(&CertPaths::in_dir(cert_dir, name)).with_context(|| format!("loading {name}'s certificate"))
-}
-
-fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    // The daemons' runtime: multi-threaded, one worker per core.
-    Ok(tokio::runtime::Builder::new_multi_thread().enable_all().build()?)
-}
-
-/// Accepts connections on `listen` (TLS as a daemon's peer server, `bulk_transport`) and
-/// reads every bidirectional stream to its end, answering the byte count (8 bytes LE).
-/// Prints `listening ADDR` once ready; runs until killed.
-pub fn quinn_sink(listen: SocketAddr, cert_dir: &Path, name: &str) -> anyhow::Result<()> {
-    let id = identity(cert_dir, name)?;
-    let server = id.quic_server(QUINN_ALPN, store_client::tls::bulk_transport())?;
-    runtime()?.block_on(async move {
-        let endpoint = quinn::Endpoint::server(server, listen).with_context(|| format!("binding {listen}"))?;
-        {
-            let mut out = std::io::stdout().lock();
-            writeln!(out, "listening {}", endpoint.local_addr()?)?;
-            out.flush()?;
-        }
-        while let Some(incoming) = endpoint.accept().await {
-            tokio::spawn(async move {
-                let Ok(conn) = incoming.await else { return };
-                while let Ok((mut send, mut recv)) = conn.accept_bi().await {
-                    tokio::spawn(async move {
-                        let mut total = 0u64;
-                        loop {
-                            match recv.read_chunk(usize::MAX, true).await {
-                                Ok(Some(chunk)) => total += chunk.bytes.len() as u64,
-                                Ok(None) => break,
-                                Err(_) => return,
-                            }
-                        }
-                        if send.write_all(&total.to_le_bytes()).await.is_ok() {
-                            let _ = send.finish();
-                            let _ = send.stopped().await;
-                        }
-                    });
-                }
-            });
-        }
-        anyhow::Ok(())
-    })
-}
-
-/// Sends `bytes` on one stream to a [`quinn_sink`] at `to` (TLS as a daemon's peer client,
-/// `bulk_transport`), written in [`QUINN_SLICE`] pieces like the daemons' chunk server;
-/// the time runs from opening the stream to the sink's count.
-pub fn quinn_source(
-    to: SocketAddr,
-    server_name: &str,
-    cert_dir: &Path,
-    name: &str,
-    bytes: u64,
-) -> anyhow::Result<QuinnResult> {
-    let id = identity(cert_dir, name)?;
-    let client = id.quic_client(QUINN_ALPN, store_client::tls::bulk_transport())?;
-    let buffer = payload(4 << 20, 7);
-    let limit = Duration::from_secs(110);
-    runtime()?.block_on(async move {
-        let bind = SocketAddr::new(std::net::Ipv4Addr::UNSPECIFIED.into(), 0);
-        let endpoint = quinn::Endpoint::client(bind).context("binding the client endpoint")?;
-        let work = async {
-            let conn = endpoint.connect_with(client, to, server_name)?.await.context("connecting to the sink")?;
-            let start = Instant::now();
-            let (mut send, mut recv) = conn.open_bi().await?;
-            let mut left = bytes;
-            while left > 0 {
-                for piece in buffer.chunks(QUINN_SLICE) {
-                    let n = piece.len().min(usize::try_from(left).unwrap_or(usize::MAX));
-                    send.write_all(&piece[..n]).await?;
-                    left -= n as u64;
-                    if left == 0 {
-                        break;
-                    }
-                }
-            }
-            send.finish()?;
-            let answer = recv.read_to_end(8).await.context("reading the sink's count")?;
-            let seconds = start.elapsed().as_secs_f64();
-            let count = <[u8; 8]>::try_from(answer.as_slice()).map(u64::from_le_bytes).unwrap_or(0);
-            conn.close(quinn::VarInt::from_u32(0), b"done");
-            anyhow::Ok(QuinnResult { bytes: count, seconds })
-        };
-        let result =
-            tokio::time::timeout(limit, work).await.map_err(|_| anyhow::anyhow!("timed out after {limit:?}"))?;
-        let _ = tokio::time::timeout(Duration::from_secs(2), endpoint.wait_idle()).await;
-        result
-    })
-}

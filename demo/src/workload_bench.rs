@@ -2,8 +2,8 @@
 //! of tasks, placed naively or by the scheduler's data-aware placement, each with or without
 //! prefetch, so that the two effects are measured apart.
 //!
-//! Hosts (network namespaces, [`crate::netns`]; real scheduler and daemons,
-//! [`crate::cluster`]):
+//! Hosts (network namespaces, [`store_tests::netns`]; real scheduler and daemons,
+//! [`store_tests::cluster`]):
 //! - `node-0`, `node-1`: "hpc" (label `site=hpc`), unshaped links. They hold the inputs,
 //!   input `i` on `node-(i mod 2)`. `node-0` also runs the scheduler.
 //! - `node-2`, `node-3`: "cloud" (label `site=cloud`), each behind its own link shaped to
@@ -83,10 +83,10 @@ use store_client::StoreClient;
 use store_client::wire::object::ErrorCode;
 use store_client::wire::placement::PlaceSpec;
 
-use crate::cluster::{ClusterSpec, TestCluster, node_id};
 use crate::cluster_bench::Machine;
-use crate::netns::LinkSpec;
-use crate::payload;
+use store_tests::cluster::{ClusterSpec, TestCluster, node_id};
+use store_tests::netns::LinkSpec;
+use store_tests::payload;
 
 /// Hosts 0 and 1 are hpc, 2 and 3 cloud.
 pub const HPC_HOSTS: [usize; 2] = [0, 1];
@@ -326,7 +326,7 @@ fn wait_listed(cluster: &TestCluster, client: &StoreClient, name: &str) -> anyho
 fn link_bytes(cluster: &TestCluster, i: usize) -> anyhow::Result<u64> {
     let mut total = 0;
     for counter in ["rx_bytes", "tx_bytes"] {
-        let path = format!("/sys/class/net/{}/statistics/{counter}", crate::netns::HOST_IF);
+        let path = format!("/sys/class/net/{}/statistics/{counter}", store_tests::netns::HOST_IF);
         let out = cluster.net().host(i).run("cat", &[&path], Duration::from_secs(10))?;
         let text = String::from_utf8_lossy(&out.stdout);
         total += text.trim().parse::<u64>().with_context(|| format!("reading {path}: {text:?}"))?;

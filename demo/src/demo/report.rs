@@ -14,7 +14,8 @@ use plotters::coord::ranged1d::{IntoSegmentedCoord, SegmentValue};
 use plotters::prelude::*;
 use plotters::style::text_anchor::{HPos, Pos, VPos};
 
-use super::{Case, DemoReport, Method, Row, Target};
+use super::results::{DemoReport, Row, Target};
+use super::setup::{Case, Method};
 
 pub const TIME_CHART: &str = "time-vs-n.png";
 pub const THROUGHPUT_CHART: &str = "throughput.png";

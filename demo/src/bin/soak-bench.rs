@@ -1,13 +1,13 @@
 //! The soak of the local store as a bench: `--seconds 600 --clients 64` by default (the
 //! test runs 30 s). The binary re-executes itself as the killed client processes. See
-//! `store_tests::soak` and docs/reliability.md.
+//! `store_demo::soak` and docs/reliability.md.
 
 use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
-use store_tests::soak::{self, SoakConfig, VictimCommand};
+use store_demo::soak::{self, SoakConfig, VictimCommand};
 
 /// Concurrent local clients mixing put/create/seal/get/delete against one daemon while
 /// client processes are SIGKILLed mid-operation; every get is hashed against its writer's

@@ -1,11 +1,11 @@
 //! The chaos on network-namespace hosts as a bench: `--minutes 10` by default (the test runs
-//! about a minute). Needs root. See `store_tests::chaos` and docs/reliability.md ("Chaos").
+//! about a minute). Needs root. See `store_demo::chaos` and docs/reliability.md ("Chaos").
 
 use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
-use store_tests::chaos::{self, ChaosConfig, FaultKind};
+use store_demo::chaos::{self, ChaosConfig, FaultKind};
 
 /// Broadcasts of fresh random objects on emulated hosts while daemons are SIGKILLed and
 /// restarted, a daemon serves corrupted chunks, links go down and up and the scheduler is

@@ -1,12 +1,12 @@
 //! The cluster bench: replication on emulated hosts (network namespaces, shaped links).
-//! Needs root. See `store_tests::cluster_bench`.
+//! Needs root. See `store_demo::cluster_bench`.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use anyhow::bail;
 use clap::{Parser, Subcommand};
-use store_tests::cluster_bench::{self, BenchConfig, Case};
+use store_demo::cluster_bench::{self, BenchConfig, Case};
 
 /// Measures replication between emulated hosts: one receiver, local consumers, broadcast
 /// to N hosts with and without relaying, and an unshaped link against bare quinn and TCP.

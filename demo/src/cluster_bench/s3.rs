@@ -20,7 +20,7 @@
 //!
 //! "digest ok" is the BLAKE3 of the bytes a consumer maps (a daemon's copy, through `get`)
 //! or holds (`s3-get`'s buffer), computed after the clock stopped, against the BLAKE3 of the
-//! payload the bench uploaded ([`crate::verify`]).
+//! payload the bench uploaded ([`store_tests::verify`]).
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -28,15 +28,19 @@ use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use serde::Serialize;
 use store_client::StoreClient;
 use store_client::client::PullS3Options;
 
-use super::{BenchConfig, Target, capacity_for, median};
-use crate::cluster::{ClusterSpec, TestCluster, node_id};
-use crate::netns::{LinkSpec, NsChild};
-use crate::verify;
-use crate::workspace_bin;
+use super::config::{BenchConfig, Target, capacity_for, median};
+use store_tests::cluster::{ClusterSpec, TestCluster, node_id};
+use store_tests::netns::{LinkSpec, NsChild};
+use store_tests::verify;
+use store_tests::workspace_bin;
+
+mod rows;
+
+use rows::{ROW_HEADER, round_line, row, row_line};
+pub use rows::{S3Kind, S3Report, S3Round, S3Row};
 
 /// TCP port of the endpoint on host 0.
 pub const S3_PORT: u16 = 9000;
@@ -46,91 +50,6 @@ pub const KEY: &str = "object.bin";
 pub const OBJECT: &str = "bench/s3-object.bin";
 const ACCESS_KEY: &str = "bench-access";
 const SECRET_KEY: &str = "bench-secret-key";
-
-/// Which measurement a row or round belongs to.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum S3Kind {
-    /// (a) N hosts, each daemon downloading the whole object.
-    Direct,
-    /// (b) k processes on one host, each downloading into its own memory.
-    ConsumersDirect,
-    /// (b) one daemon download on the host, then k consumers mapping it.
-    ConsumersStore,
-    /// (c) cooperative fetch to N hosts.
-    Cooperative,
-}
-
-impl S3Kind {
-    fn label(self) -> &'static str {
-        match self {
-            S3Kind::Direct => "direct",
-            S3Kind::ConsumersDirect => "k-direct",
-            S3Kind::ConsumersStore => "k-store",
-            S3Kind::Cooperative => "coop",
-        }
-    }
-}
-
-/// One host (a) or one consumer (b).
-#[derive(Clone, Debug, Serialize)]
-pub struct S3Row {
-    pub kind: S3Kind,
-    /// Hosts (a) or consumers (b) in the round.
-    pub n: usize,
-    pub round: usize,
-    pub node: String,
-    /// 1-based consumer on the host (b); 1 in (a).
-    pub consumer: usize,
-    pub error: Option<String>,
-    /// This host's or consumer's time: (a) request to sealed object, (b-direct) the
-    /// process's download, (b-store) round start to its mapping fully touched.
-    pub seconds: f64,
-    /// (a) the download alone (HEAD + ranged GETs), before the seal.
-    pub download_seconds: f64,
-    pub mb_per_s: f64,
-    /// Payload bits per second as a percentage of the receiver's link rate.
-    pub link_pct: f64,
-    /// The BLAKE3 of the bytes it maps or holds equals the payload's.
-    pub digest_ok: bool,
-}
-
-/// One round: all hosts or consumers at once.
-#[derive(Clone, Debug, Serialize)]
-pub struct S3Round {
-    pub kind: S3Kind,
-    pub n: usize,
-    pub round: usize,
-    /// From the start of the round to the last host or consumer done.
-    pub wall_seconds: f64,
-    pub slowest_seconds: f64,
-    /// GET body bytes the endpoint served in the round.
-    pub s3_body_bytes: u64,
-    /// Bytes the endpoint host sent on its link in the round.
-    pub s3_wire_bytes: u64,
-    /// `s3_body_bytes / object size`.
-    pub s3_factor: f64,
-    /// S / B of one receiver's link.
-    pub receiver_bound: f64,
-    /// What the endpoint's link needs for the round's S3 bytes: n x S / B_s3 (a), k x S /
-    /// B_s3 (b).
-    pub endpoint_bound: f64,
-    /// The slower of the two, and of k x S/B when k downloads share one receiver link.
-    pub bound: f64,
-    /// `wall_seconds / bound`.
-    pub x_bound: f64,
-    pub all_ok: bool,
-}
-
-#[derive(Clone, Debug, Serialize)]
-pub struct S3Report {
-    pub endpoint_rate_mbit: u32,
-    pub receiver_rate_mbit: u32,
-    pub rows: Vec<S3Row>,
-    pub rounds: Vec<S3Round>,
-    /// Why the cooperative case was not measured, if it was asked for.
-    pub cooperative: Option<String>,
-}
 
 /// The endpoint on host 0 and what it has served.
 struct Endpoint {
@@ -227,72 +146,6 @@ fn receiver_bound(cfg: &BenchConfig) -> f64 {
 
 fn endpoint_bound(cfg: &BenchConfig, copies: usize) -> f64 {
     copies as f64 * cfg.size as f64 * 8.0 / (f64::from(cfg.s3_rate_mbit) * 1e6)
-}
-
-fn row(cfg: &BenchConfig, kind: S3Kind, n: usize, round: usize, node: String, consumer: usize) -> S3Row {
-    S3Row {
-        kind,
-        n,
-        round,
-        node,
-        consumer,
-        error: None,
-        seconds: f64::NAN,
-        download_seconds: f64::NAN,
-        mb_per_s: f64::NAN,
-        link_pct: f64::NAN,
-        digest_ok: false,
-    }
-    .with_rates(cfg)
-}
-
-impl S3Row {
-    fn with_rates(mut self, cfg: &BenchConfig) -> Self {
-        if self.seconds.is_finite() && self.seconds > 0.0 {
-            self.mb_per_s = cfg.size as f64 / self.seconds / 1e6;
-            self.link_pct = cfg.size as f64 * 8.0 / self.seconds / (f64::from(cfg.rate_mbit) * 1e6) * 100.0;
-        }
-        self
-    }
-}
-
-const ROW_HEADER: &str = "case      n round node     cons   seconds  download     MB/s  %link  digest";
-
-fn row_line(r: &S3Row) -> String {
-    if let Some(e) = &r.error {
-        return format!("{:<8} {:>2} {:>5} {:<8} {:>4}  FAILED: {e}", r.kind.label(), r.n, r.round, r.node, r.consumer);
-    }
-    format!(
-        "{:<8} {:>2} {:>5} {:<8} {:>4} {:>9.3} {:>9.3} {:>8.2} {:>6.1}  {}",
-        r.kind.label(),
-        r.n,
-        r.round,
-        r.node,
-        r.consumer,
-        r.seconds,
-        r.download_seconds,
-        r.mb_per_s,
-        r.link_pct,
-        if r.digest_ok { "ok" } else { "BAD" }
-    )
-}
-
-fn round_line(r: &S3Round, size: u64) -> String {
-    format!(
-        "  {} n={}: wall {:.3} s ({:.2} MB/s per copy), bound {:.3} s (receiver {:.3}, endpoint link {:.3}) = {:.2} x; S3 served {:.1} MiB = {:.2} x S (wire {:.1} MiB){}",
-        r.kind.label(),
-        r.n,
-        r.wall_seconds,
-        size as f64 / r.slowest_seconds / 1e6,
-        r.bound,
-        r.receiver_bound,
-        r.endpoint_bound,
-        r.x_bound,
-        r.s3_body_bytes as f64 / f64::from(1 << 20),
-        r.s3_factor,
-        r.s3_wire_bytes as f64 / f64::from(1 << 20),
-        if r.all_ok { "" } else { "  SOME FAILED OR DIFFER" }
-    )
 }
 
 #[allow(clippy::too_many_arguments)]

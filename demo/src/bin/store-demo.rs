@@ -1,12 +1,12 @@
 //! The main job: the experiment in one command. Starts a local cluster (scheduler, daemons
 //! with emulated 200 Mbit/s NICs, an S3 endpoint holding a speech model), times loading the
 //! model on other nodes through the store and through S3, runs the speech model both ways,
-//! and writes a report. See `store_tests::demo`.
+//! and writes a report. See `store_demo::demo`.
 
 use std::path::PathBuf;
 
 use clap::Parser;
-use store_tests::demo::{self, Audio, DemoConfig, report, roles::Role};
+use store_demo::demo::{self, Audio, DemoConfig, report, roles::Role};
 
 /// Loading a speech model on several nodes: this object store vs. S3 downloads vs.
 /// single-source fan-out, on a local cluster with emulated NICs.

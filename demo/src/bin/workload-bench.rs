@@ -1,11 +1,11 @@
 //! The workload bench: a batch of tasks on a hybrid cluster (2 hpc hosts holding the inputs,
 //! 2 cloud hosts behind shaped links), placed round-robin or by the scheduler, each with or
 //! without prefetch, every run beside its lower bound. Needs root. See
-//! `store_tests::workload_bench`.
+//! `store_demo::workload_bench`.
 
 use anyhow::bail;
 use clap::Parser;
-use store_tests::workload_bench::{self, Mode, WorkloadConfig};
+use store_demo::workload_bench::{self, Mode, WorkloadConfig};
 
 /// Makespan of a batch of tasks on emulated hpc and cloud hosts, per cloud link rate, in
 /// four modes: naive round-robin or data-aware placement, each with or without prefetch;

@@ -4,7 +4,10 @@
 //!
 //! Why one executable: `cargo run --bin store-demo` builds only that binary, and the demo
 //! must work from that one command on a fresh checkout; the roles call the same library code
-//! as `store-daemon`, `store-scheduler`, `store-s3`, `s3-get` and `s2t-runner`. Separate
+//! as `store-daemon`, `store-scheduler`, `store-s3`, `s3-get` and `s2t-runner`. The daemon
+//! and scheduler roles take those binaries' own flags and run through their entry points
+//! (`store_daemon::cli`, `scheduler::cli`), so a node of the demo is exactly a
+//! `store-daemon --flag ...` with the flags [`NodeFlags::argv`] lists. Separate
 //! processes (rather than threads of the demo) give every node its own environment (its S3
 //! endpoint) and, with `--netns`, its own network namespace.
 
@@ -13,23 +16,22 @@ use std::path::PathBuf;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
+use clap::Parser as _;
 use hyper_util::rt::TokioIo;
 use serde::{Deserialize, Serialize};
-use store_client::tls::CertPaths;
-use tokio_util::sync::CancellationToken;
 
 use super::pace::{PacedStream, Pacer};
-use crate::s3_server::DirBackend;
+use store_tests::s3_server::DirBackend;
 
 /// A hidden role of `store-demo`.
 #[derive(Debug, clap::Subcommand)]
 pub enum Role {
-    /// A node's store daemon in the cluster.
+    /// A node's store daemon in the cluster; the arguments are `store-daemon`'s.
     #[command(hide = true)]
-    RoleNode(NodeArgs),
-    /// The scheduler.
+    RoleNode(BinaryArgs),
+    /// The scheduler; the arguments are `store-scheduler`'s.
     #[command(hide = true)]
-    RoleScheduler(SchedulerArgs),
+    RoleScheduler(BinaryArgs),
     /// The S3 endpoint, one listener per node.
     #[command(hide = true)]
     RoleS3(S3Args),
@@ -42,39 +44,82 @@ pub enum Role {
     RoleTranscribe(TranscribeArgs),
 }
 
+/// The flags of a binary whose entry point a role runs.
 #[derive(Debug, clap::Args)]
-pub struct NodeArgs {
-    #[arg(long)]
+pub struct BinaryArgs {
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+    pub args: Vec<String>,
+}
+
+/// One node's daemon, as `store-daemon` flags.
+#[derive(Clone, Debug)]
+pub struct NodeFlags {
     pub socket: PathBuf,
-    #[arg(long)]
     pub capacity: u64,
-    #[arg(long)]
     pub node_id: String,
-    #[arg(long)]
     pub listen: SocketAddr,
-    #[arg(long)]
     pub scheduler: SocketAddr,
-    #[arg(long)]
     pub cert_dir: PathBuf,
     /// Bytes per second to peers, all uploads together.
-    #[arg(long)]
     pub max_egress_rate: Option<u64>,
-    #[arg(long, default_value_t = 750)]
-    pub heartbeat_ms: u64,
-    #[arg(long, default_value = "warn")]
     pub log: String,
 }
 
-#[derive(Debug, clap::Args)]
-pub struct SchedulerArgs {
-    #[arg(long)]
+impl NodeFlags {
+    /// The daemon's command line (without the program name).
+    pub fn argv(&self) -> Vec<String> {
+        let mut argv = vec![
+            "--socket".to_owned(),
+            self.socket.display().to_string(),
+            "--capacity".to_owned(),
+            self.capacity.to_string(),
+            "--node-id".to_owned(),
+            self.node_id.clone(),
+            "--listen".to_owned(),
+            self.listen.to_string(),
+            "--scheduler".to_owned(),
+            self.scheduler.to_string(),
+            "--cert-dir".to_owned(),
+            self.cert_dir.display().to_string(),
+            // The demo's nodes as they always ran (the binary's defaults are 1 s and 30 s):
+            // the cluster is stopped and started between cases, so it need not wait long.
+            "--heartbeat-ms".to_owned(),
+            "750".to_owned(),
+            "--shutdown-grace-secs".to_owned(),
+            "2".to_owned(),
+            "--log".to_owned(),
+            self.log.clone(),
+        ];
+        if let Some(rate) = self.max_egress_rate {
+            // A rate with unit B is in bytes per second (without a unit, bits).
+            argv.extend(["--max-egress-rate".to_owned(), format!("{rate}B")]);
+        }
+        argv
+    }
+}
+
+/// The scheduler, as `store-scheduler` flags.
+#[derive(Clone, Debug)]
+pub struct SchedulerFlags {
     pub listen: SocketAddr,
-    #[arg(long)]
     pub cert_dir: PathBuf,
-    #[arg(long, default_value_t = 3000)]
-    pub lease_ms: u64,
-    #[arg(long, default_value = "warn")]
     pub log: String,
+}
+
+impl SchedulerFlags {
+    /// The scheduler's command line (without the program name).
+    pub fn argv(&self) -> Vec<String> {
+        vec![
+            "--listen".to_owned(),
+            self.listen.to_string(),
+            "--cert-dir".to_owned(),
+            self.cert_dir.display().to_string(),
+            "--lease-ms".to_owned(),
+            "3000".to_owned(),
+            "--log".to_owned(),
+            self.log.clone(),
+        ]
+    }
 }
 
 #[derive(Debug, clap::Args)]
@@ -164,44 +209,19 @@ pub fn run(role: Role) -> anyhow::Result<()> {
     }
 }
 
-fn node(a: NodeArgs) -> anyhow::Result<()> {
-    store_service::init_logging(&a.log).context("bad --log filter")?;
-    let mut config = store_daemon::DaemonConfig::new(a.socket, a.capacity);
-    config.shutdown_grace = Duration::from_secs(2);
-    config.cluster = Some(store_daemon::cluster::ClusterConfig {
-        certs: CertPaths::in_dir(&a.cert_dir, &a.node_id),
-        node_id: a.node_id,
-        listen: a.listen,
-        advertise: None,
-        scheduler: a.scheduler,
-        scheduler_name: "scheduler".into(),
-        labels: Default::default(),
-        resources: Default::default(),
-        max_egress_rate: a.max_egress_rate,
-        heartbeat: Duration::from_millis(a.heartbeat_ms.max(50)),
-        corrupt_served_chunks: false,
-    });
-    store_daemon::server::raise_fd_limit();
-    runtime()?.block_on(async move {
-        let daemon = store_daemon::Daemon::bind(config)?;
-        let shutdown = CancellationToken::new();
-        tokio::spawn(store_service::cancel_on_signals(shutdown.clone(), "daemon"));
-        daemon.run(shutdown).await;
-        anyhow::Ok(())
-    })
+/// `name` (the program name clap shows in errors) followed by `args`.
+fn with_program(name: &str, args: Vec<String>) -> Vec<String> {
+    std::iter::once(name.to_owned()).chain(args).collect()
 }
 
-fn scheduler(a: SchedulerArgs) -> anyhow::Result<()> {
-    store_service::init_logging(&a.log).context("bad --log filter")?;
-    let mut config = scheduler::SchedulerConfig::new(a.listen, CertPaths::in_dir(&a.cert_dir, "scheduler"));
-    config.lease = Duration::from_millis(a.lease_ms.max(1));
-    runtime()?.block_on(async move {
-        let scheduler = scheduler::Scheduler::bind(config)?;
-        let shutdown = CancellationToken::new();
-        tokio::spawn(store_service::cancel_on_signals(shutdown.clone(), "scheduler"));
-        scheduler.run(shutdown).await;
-        anyhow::Ok(())
-    })
+fn node(a: BinaryArgs) -> anyhow::Result<()> {
+    let args = store_daemon::cli::Args::try_parse_from(with_program("store-daemon", a.args))?;
+    store_daemon::cli::run(args)
+}
+
+fn scheduler(a: BinaryArgs) -> anyhow::Result<()> {
+    let args = scheduler::cli::Args::try_parse_from(with_program("store-scheduler", a.args))?;
+    scheduler::cli::run(args)
 }
 
 /// The S3 endpoint over `root`: the same backend as `store-s3`, but each listener's writes
@@ -260,4 +280,43 @@ fn s3_get(a: &S3GetArgs) -> anyhow::Result<S3GetResult> {
             blake3: blake3::hash(&buf).to_hex().to_string(),
         })
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn node_flags_are_the_daemons() {
+        let flags = NodeFlags {
+            socket: "/tmp/node-1.sock".into(),
+            capacity: 1 << 30,
+            node_id: "node-1".into(),
+            listen: "127.0.0.1:7701".parse().unwrap(),
+            scheduler: "127.0.0.1:7700".parse().unwrap(),
+            cert_dir: "/tmp/certs".into(),
+            max_egress_rate: Some(25_000_000),
+            log: "warn".into(),
+        };
+        let args = store_daemon::cli::Args::try_parse_from(with_program("store-daemon", flags.argv())).unwrap();
+        let config = store_daemon::cli::config(&args).unwrap();
+        assert_eq!(config.capacity, 1 << 30);
+        assert_eq!(config.shutdown_grace, Duration::from_secs(2));
+        let cluster = config.cluster.unwrap();
+        assert_eq!(cluster.max_egress_rate, Some(25_000_000));
+        assert_eq!(cluster.heartbeat, Duration::from_millis(750));
+        assert_eq!(cluster.certs.cert, PathBuf::from("/tmp/certs/node-1.pem"));
+    }
+
+    #[test]
+    fn scheduler_flags_are_the_schedulers() {
+        let flags = SchedulerFlags {
+            listen: "127.0.0.1:7700".parse().unwrap(),
+            cert_dir: "/tmp/certs".into(),
+            log: "warn".into(),
+        };
+        let args = scheduler::cli::Args::try_parse_from(with_program("store-scheduler", flags.argv())).unwrap();
+        let config = scheduler::cli::config(&args).unwrap();
+        assert_eq!(config.lease, Duration::from_secs(3));
+    }
 }

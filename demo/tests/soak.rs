@@ -2,11 +2,11 @@
 //! concurrent clients mixing put, create+fill+seal, get, delete, stat and list, client
 //! processes SIGKILLed mid-operation several times a second, every mapping hashed against
 //! its writer's digest, and the daemon back to its baseline (leases, objects, descriptors,
-//! RSS) at the end. See `store_tests::soak`.
+//! RSS) at the end. See `store_demo::soak`.
 
 use std::time::Duration;
 
-use store_tests::soak::{self, SoakConfig, VictimCommand};
+use store_demo::soak::{self, SoakConfig, VictimCommand};
 
 #[test]
 fn thirty_seconds_of_64_clients_and_killed_clients_verify_every_get_and_leak_nothing() {
