@@ -10,6 +10,7 @@
 //! observed into that node (daemons report every pull) and the work already placed there,
 //! under hard constraints (labels, resources, a pinned node).
 
+pub mod cli;
 pub mod metrics;
 pub mod placement;
 pub mod server;

@@ -10,6 +10,7 @@
 //! ([`cluster`]), deciding which chunk to fetch from whom with the pure state machine in
 //! [`replication`].
 
+pub mod cli;
 pub mod cluster;
 pub mod config;
 pub mod connection;

@@ -1,19 +1,15 @@
-//! Test harness and benches of the workspace: starts real daemons as processes (the binary
-//! built by cargo next to the test executable) and cleans them up even when a test fails.
+//! Test harness of the workspace: starts real daemons as processes (the binary built by cargo
+//! next to the test executable) and cleans them up even when a test fails; emulated hosts
+//! in network namespaces ([`netns`], [`cluster`]), an embedded S3 endpoint ([`s3_server`])
+//! and moto's ([`moto`]). The demo and the benches, which use it, are the `store-demo` crate.
 
-pub mod broadcast_sim;
-pub mod chaos;
 pub mod cluster;
-pub mod cluster_bench;
-pub mod demo;
 pub mod moto;
 pub mod netns;
 pub mod rng;
 pub mod s3_server;
 pub mod skip;
-pub mod soak;
 pub mod verify;
-pub mod workload_bench;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};

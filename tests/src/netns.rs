@@ -83,8 +83,7 @@ use std::ffi::OsStr;
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::Ipv4Addr;
-use std::ops::{Deref, DerefMut};
-use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Mutex, mpsc};
 use std::time::{Duration, Instant};
@@ -95,7 +94,14 @@ use nix::fcntl::{Flock, FlockArg};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
-use crate::skip::find_on_path;
+mod child;
+mod command;
+mod link;
+
+pub use child::NsChild;
+use command::sh;
+pub use command::{describe, requires_root, run_checked, run_output};
+pub use link::{LinkSpec, TbfParams};
 
 /// Prefix of the namespaces created by [`NetnsCluster::new`] and [`NetnsCluster::with_links`].
 pub const DEFAULT_PREFIX: &str = "storetest";
@@ -113,8 +119,6 @@ pub const HOST_IF: &str = "eth0";
 pub const BRIDGE: &str = "br0";
 
 const LOCK_DIR: &str = "/run/store-tests-netns";
-/// Time limit of one `ip`/`tc` invocation.
-const CMD_TIMEOUT: Duration = Duration::from_secs(20);
 /// How long teardown waits for killed processes to leave a namespace.
 const KILL_WAIT: Duration = Duration::from_secs(5);
 
@@ -126,285 +130,6 @@ static SEQ: AtomicU32 = AtomicU32::new(0);
 fn live_set<R>(f: impl FnOnce(&mut HashSet<String>) -> R) -> R {
     let mut guard = LIVE.lock().unwrap_or_else(|e| e.into_inner());
     f(guard.get_or_insert_with(HashSet::new))
-}
-
-// ---------------------------------------------------------------------------------------
-// Link parameters
-// ---------------------------------------------------------------------------------------
-
-/// One host's link to the switch.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct LinkSpec {
-    /// Rate of each direction in Mbit/s (10^6 bit/s); `None` leaves the link unshaped.
-    pub rate_mbit: Option<u32>,
-    /// MTU of the veth pair (both ends) and of the bridge.
-    pub mtu: u32,
-}
-
-impl LinkSpec {
-    /// A link shaped to `rate_mbit` in each direction.
-    pub const fn shaped(rate_mbit: u32, mtu: u32) -> Self {
-        Self { rate_mbit: Some(rate_mbit), mtu }
-    }
-
-    /// A link as fast as the machine can move packets.
-    pub const fn unshaped(mtu: u32) -> Self {
-        Self { rate_mbit: None, mtu }
-    }
-
-    /// The token bucket used for this link, if shaped.
-    pub fn tbf(&self) -> Option<TbfParams> {
-        self.rate_mbit.map(|rate| TbfParams::for_link(rate, self.mtu))
-    }
-
-    fn validate(&self) -> anyhow::Result<()> {
-        if !(68..=65535).contains(&self.mtu) {
-            bail!("MTU {} out of range 68..=65535", self.mtu);
-        }
-        if self.rate_mbit == Some(0) {
-            bail!("rate 0 Mbit/s: use None for an unshaped link");
-        }
-        Ok(())
-    }
-}
-
-impl Default for LinkSpec {
-    /// Unshaped, MTU 1500.
-    fn default() -> Self {
-        Self::unshaped(1500)
-    }
-}
-
-/// Parameters of one `tbf` qdisc (see the module documentation for the formula).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct TbfParams {
-    pub rate_mbit: u32,
-    /// Bucket size in bytes.
-    pub burst_bytes: u64,
-    /// Queue size in bytes (bucket included).
-    pub limit_bytes: u64,
-}
-
-impl TbfParams {
-    /// `burst = max(rate * 2 ms, 2 frames)`, `limit = burst + max(rate * 20 ms, 256 KiB)`.
-    pub fn for_link(rate_mbit: u32, mtu: u32) -> Self {
-        let bytes_per_sec = u64::from(rate_mbit) * 1_000_000 / 8;
-        let frame = u64::from(mtu) + 14;
-        let burst_bytes = (bytes_per_sec / 500).max(2 * frame);
-        let limit_bytes = burst_bytes + (bytes_per_sec / 50).max(256 * 1024);
-        Self { rate_mbit, burst_bytes, limit_bytes }
-    }
-
-    /// The arguments after `tc [-n NS]`: `qdisc replace dev DEV root tbf ...`.
-    pub fn tc_args(&self, dev: &str) -> Vec<String> {
-        [
-            "qdisc",
-            "replace",
-            "dev",
-            dev,
-            "root",
-            "tbf",
-            "rate",
-            &format!("{}mbit", self.rate_mbit),
-            "burst",
-            &self.burst_bytes.to_string(),
-            "limit",
-            &self.limit_bytes.to_string(),
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect()
-    }
-}
-
-// ---------------------------------------------------------------------------------------
-// Running commands
-// ---------------------------------------------------------------------------------------
-
-/// The command line of `cmd`, for error messages.
-pub fn describe(cmd: &Command) -> String {
-    let mut s = cmd.get_program().to_string_lossy().into_owned();
-    for arg in cmd.get_args() {
-        s.push(' ');
-        s.push_str(&arg.to_string_lossy());
-    }
-    s
-}
-
-fn spawn_reader<R: Read + Send + 'static>(pipe: Option<R>) -> mpsc::Receiver<Vec<u8>> {
-    let (tx, rx) = mpsc::channel();
-    if let Some(mut pipe) = pipe {
-        std::thread::spawn(move || {
-            let mut buf = Vec::new();
-            let _ = pipe.read_to_end(&mut buf);
-            let _ = tx.send(buf);
-        });
-    } else {
-        let _ = tx.send(Vec::new());
-    }
-    rx
-}
-
-/// Runs `cmd` to completion (stdin null, output captured) within `timeout`, killing it when
-/// it takes longer. Fails, naming the command and quoting its stderr (or stdout when stderr
-/// is empty), when it cannot start, times out or exits unsuccessfully.
-///
-/// Do not use it for programs that daemonize: a grandchild holding the output pipes makes
-/// this wait until `timeout`.
-pub fn run_checked(cmd: &mut Command, timeout: Duration) -> anyhow::Result<Output> {
-    let desc = describe(cmd);
-    let output = run_output(cmd, timeout)?;
-    if !output.status.success() {
-        bail!("`{desc}` failed ({}): {}", output.status, output_text(&output));
-    }
-    Ok(output)
-}
-
-/// Like [`run_checked`] but returns the output whatever the exit status.
-pub fn run_output(cmd: &mut Command, timeout: Duration) -> anyhow::Result<Output> {
-    let desc = describe(cmd);
-    cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
-    let mut child = cmd.spawn().with_context(|| format!("cannot start `{desc}`"))?;
-    let out_rx = spawn_reader(child.stdout.take());
-    let err_rx = spawn_reader(child.stderr.take());
-    let deadline = Instant::now() + timeout;
-    let mut pause = Duration::from_micros(200);
-    let status = loop {
-        match child.try_wait() {
-            Ok(Some(status)) => break status,
-            Ok(None) => {}
-            Err(e) => {
-                let _ = child.kill();
-                let _ = child.wait();
-                return Err(e).with_context(|| format!("waiting for `{desc}`"));
-            }
-        }
-        if Instant::now() >= deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            let stderr = err_rx.recv_timeout(Duration::from_millis(200)).unwrap_or_default();
-            bail!("`{desc}` did not finish within {timeout:?}; stderr: {}", String::from_utf8_lossy(&stderr).trim());
-        }
-        std::thread::sleep(pause);
-        pause = (pause * 2).min(Duration::from_millis(20));
-    };
-    let remaining = deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(500));
-    let stdout =
-        out_rx.recv_timeout(remaining).with_context(|| format!("`{desc}` exited but its stdout stayed open"))?;
-    let stderr =
-        err_rx.recv_timeout(remaining).with_context(|| format!("`{desc}` exited but its stderr stayed open"))?;
-    Ok(Output { status, stdout, stderr })
-}
-
-fn output_text(output: &Output) -> String {
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    let stderr = stderr.trim();
-    if !stderr.is_empty() {
-        return stderr.to_string();
-    }
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let stdout = stdout.trim();
-    if stdout.is_empty() {
-        "(no output)".to_string()
-    } else {
-        format!("(stderr empty) stdout: {}", stdout.chars().take(2000).collect::<String>())
-    }
-}
-
-/// Runs `program args...` (an `ip` or `tc` call) and returns its stdout.
-fn sh(program: &str, args: &[&str]) -> anyhow::Result<String> {
-    let output = run_checked(Command::new(program).args(args), CMD_TIMEOUT)?;
-    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
-}
-
-/// Whether multi-host tests can run here: root and iproute2's `ip` and `tc`. When not,
-/// reports the skip ([`crate::skip::skip`]) and returns `false`; the test should then return
-/// early.
-#[track_caller]
-pub fn requires_root() -> bool {
-    let mut missing = Vec::new();
-    if !nix::unistd::geteuid().is_root() {
-        missing.push("root (euid 0)".to_string());
-    }
-    for tool in ["ip", "tc"] {
-        if !find_on_path(tool) {
-            missing.push(format!("`{tool}` (Debian package iproute2)"));
-        }
-    }
-    if missing.is_empty() {
-        return true;
-    }
-    crate::skip::skip(&format!("multi-host test needs {}", missing.join(", ")));
-    false
-}
-
-// ---------------------------------------------------------------------------------------
-// Processes inside hosts
-// ---------------------------------------------------------------------------------------
-
-/// A child process that is killed (SIGKILL) and reaped when the guard drops. Derefs to
-/// [`Child`] for its pid, pipes and `wait`.
-#[derive(Debug)]
-pub struct NsChild {
-    child: Child,
-    desc: String,
-}
-
-impl NsChild {
-    /// Spawns `cmd` (typically from [`Host::command`]); errors name the command.
-    pub fn spawn(cmd: &mut Command) -> anyhow::Result<Self> {
-        let desc = describe(cmd);
-        let child = cmd.spawn().with_context(|| format!("cannot start `{desc}`"))?;
-        Ok(Self { child, desc })
-    }
-
-    /// The command line it was started with.
-    pub fn description(&self) -> &str {
-        &self.desc
-    }
-
-    /// Sends SIGTERM, waits up to `grace`, then SIGKILLs; returns the exit status.
-    pub fn stop(mut self, grace: Duration) -> anyhow::Result<ExitStatus> {
-        if let Some(status) = self.child.try_wait()? {
-            return Ok(status);
-        }
-        let pid = Pid::from_raw(i32::try_from(self.child.id())?);
-        match kill(pid, Signal::SIGTERM) {
-            Ok(()) | Err(Errno::ESRCH) => {}
-            Err(e) => return Err(e).with_context(|| format!("SIGTERM to `{}`", self.desc)),
-        }
-        let deadline = Instant::now() + grace;
-        while Instant::now() < deadline {
-            if let Some(status) = self.child.try_wait()? {
-                return Ok(status);
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        self.child.kill().with_context(|| format!("SIGKILL to `{}`", self.desc))?;
-        Ok(self.child.wait()?)
-    }
-}
-
-impl Deref for NsChild {
-    type Target = Child;
-    fn deref(&self) -> &Child {
-        &self.child
-    }
-}
-
-impl DerefMut for NsChild {
-    fn deref_mut(&mut self) -> &mut Child {
-        &mut self.child
-    }
-}
-
-impl Drop for NsChild {
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-        }
-        let _ = self.child.wait();
-    }
 }
 
 // ---------------------------------------------------------------------------------------
