@@ -355,18 +355,3 @@ pub fn placement_json(outcome: &crate::wire::placement::PlaceOutcome) -> serde_j
         }).collect::<Vec<_>>(),
     })
 }
-
-/// Parses `k=v` (a label constraint or a daemon label).
-pub fn parse_label(text: &str) -> Result<(String, String), String> {
-    match text.split_once('=') {
-        Some((k, v)) if !k.trim().is_empty() => Ok((k.trim().to_owned(), v.trim().to_owned())),
-        _ => Err(format!("{text:?} is not key=value")),
-    }
-}
-
-/// Parses `name=count` (a resource constraint or a node's resource).
-pub fn parse_resource(text: &str) -> Result<(String, u64), String> {
-    let (k, v) = parse_label(text)?;
-    let n = v.parse().map_err(|_| format!("{text:?}: the count must be a whole number"))?;
-    Ok((k, n))
-}

@@ -85,10 +85,10 @@ enum Command {
         #[arg(long, value_delimiter = ',', required = true)]
         needs: Vec<String>,
         /// Hard constraint k=v on the node's labels (repeatable).
-        #[arg(long = "label", value_parser = ctl::parse_label)]
+        #[arg(long = "label", value_parser = store_client::wire::node::parse_label)]
         labels: Vec<(String, String)>,
         /// Hard constraint r=n: the node offers at least n of resource r (repeatable).
-        #[arg(long = "resource", value_parser = ctl::parse_resource)]
+        #[arg(long = "resource", value_parser = store_client::wire::node::parse_resource)]
         resources: Vec<(String, u64)>,
         /// Hard constraint: only this node.
         #[arg(long)]
