@@ -90,12 +90,12 @@ def rustc_count():
 
 
 def git_commit():
-    """HEAD, with '+dirty' when store-client/ or store-daemon/ differ from it (the binaries
-    are built from the working tree)."""
+    """HEAD, with '+dirty' when store-client/, storectl/ or store-daemon/ differ from it (the
+    binaries are built from the working tree)."""
     try:
         run = lambda *a: subprocess.run(["git", "-C", REPO, *a], capture_output=True, text=True, timeout=10).stdout
         head = run("rev-parse", "--short", "HEAD").strip()
-        dirty = run("status", "--porcelain", "--", "store-client", "store-daemon", "Cargo.toml", "Cargo.lock").strip()
+        dirty = run("status", "--porcelain", "--", "store-client", "storectl", "store-daemon", "Cargo.toml", "Cargo.lock").strip()
         return (head + ("+dirty" if dirty else "")) or None
     except (OSError, subprocess.TimeoutExpired):
         return None
@@ -154,7 +154,7 @@ def run_store(args, tmp):
     for exe in (daemon, storectl):
         if not os.access(exe, os.X_OK):
             raise SystemExit(f"{exe} is missing: build it with "
-                             "`cargo build --release -p store-daemon -p store-client --bins`")
+                             "`cargo build --release -p store-daemon -p storectl --bins`")
     sock = os.path.join(tmp, "s.sock")
     daemon_cmd = [daemon, "--socket", sock, "--capacity", args.capacity]
     bench_cmd = [storectl, "--socket", sock, "bench", "--json",

@@ -1,18 +1,19 @@
 //! The contract crate of the object store.
 //!
-//! Everything two parts of the system must agree on lives here: object names
-//! ([`name`]), BLAKE3 chunk manifests ([`manifest`], [`chunkset`]), every message type of
-//! every wire, one module per conversation ([`wire`]), their framing ([`frame`]) and QUIC
-//! request/response helpers ([`rpc`]), mutual-TLS identities ([`tls`]), the only code that touches memfds, mappings and `SCM_RIGHTS` ([`sys`]), the
-//! local client applications link ([`client`]) and the scheduler's async client
-//! ([`scheduler_client`]). [`metrics`] names every Prometheus metric (and, with the
-//! `metrics-server` feature, serves a registry on `/metrics`). `storectl` and its
-//! microbenchmark ([`bench`], [`ctl`]) are thin layers over the client.
+//! Everything two parts of the system must agree on lives here: object names ([`name`]),
+//! BLAKE3 chunk manifests ([`manifest`], [`chunkset`]), every message type of every wire, one
+//! module per conversation ([`wire`]), their framing ([`frame`]) and QUIC request/response
+//! helpers ([`rpc`]), mutual-TLS identities ([`tls`]), the only code that touches memfds,
+//! mappings and `SCM_RIGHTS` ([`sys`]), the local client applications link ([`client`]) and
+//! the scheduler's async client ([`scheduler_client`]). [`metrics`] names every Prometheus
+//! metric (and, with the `metrics-server` feature, serves a registry on `/metrics`); the `s3`
+//! feature adds the S3 engine (module `s3`).
+//!
+//! Every other part links this crate, so it holds no presentation: `storectl`'s tables,
+//! progress bars and microbenchmark live in the `storectl` package.
 
-pub mod bench;
 pub mod chunkset;
 pub mod client;
-pub mod ctl;
 pub mod frame;
 pub mod manifest;
 pub mod metrics;

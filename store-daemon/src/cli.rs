@@ -188,7 +188,8 @@ fn cluster_config(args: &Args) -> anyhow::Result<Option<ClusterConfig>> {
     }
     let mut resources = std::collections::BTreeMap::new();
     for resource in &args.resources {
-        let (k, n) = store_client::ctl::parse_resource(resource).map_err(|e| anyhow::anyhow!("--resource {e}"))?;
+        let (k, n) =
+            store_client::wire::node::parse_resource(resource).map_err(|e| anyhow::anyhow!("--resource {e}"))?;
         resources.insert(k, n);
     }
     let max_egress_rate = args.max_egress_rate.as_deref().map(parse_rate).transpose()?;

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use crate::client::{ClientError, PutOptions, StoreClient};
+use store_client::client::{ClientError, PutOptions, StoreClient};
 
 /// What to run.
 #[derive(Clone, Debug)]
@@ -189,7 +189,7 @@ fn reference_socket_round_trips(duration: Duration) -> Result<f64> {
 
 /// write() of `data` into a fresh memfd: the page-allocation bound of any put.
 fn reference_memfd_write(data: &[u8]) -> Result<f64> {
-    let fd = crate::sys::create_memfd(0)?;
+    let fd = store_client::sys::create_memfd(0)?;
     let mut file = File::from(fd);
     let start = Instant::now();
     for chunk in data.chunks(4 << 20) {

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use indicatif::{ProgressBar, ProgressStyle};
 
-use crate::wire::object::{ObjectInfo, ObjectState};
+use store_client::wire::object::{ObjectInfo, ObjectState};
 
 /// Objects at least this large get a progress bar when stderr is a terminal.
 pub const PROGRESS_THRESHOLD: u64 = 64 * 1024 * 1024;
@@ -120,7 +120,7 @@ pub fn object_json(o: &ObjectInfo) -> serde_json::Value {
 }
 
 /// Holders of an object.
-pub fn locations_table(locations: &[crate::wire::node::Location]) -> String {
+pub fn locations_table(locations: &[store_client::wire::node::Location]) -> String {
     let mut out = format!("{:<20} {:<22} {:>12} {:>10}  {}\n", "NODE", "ADDRESS", "SIZE", "CHUNKS", "STATE");
     for l in locations {
         out.push_str(&format!(
@@ -135,7 +135,7 @@ pub fn locations_table(locations: &[crate::wire::node::Location]) -> String {
     out
 }
 
-pub fn locations_json(locations: &[crate::wire::node::Location]) -> serde_json::Value {
+pub fn locations_json(locations: &[store_client::wire::node::Location]) -> serde_json::Value {
     serde_json::Value::Array(
         locations
             .iter()
@@ -149,7 +149,7 @@ pub fn locations_json(locations: &[crate::wire::node::Location]) -> serde_json::
     )
 }
 
-pub fn nodes_table(nodes: &[crate::wire::node::NodeStatus]) -> String {
+pub fn nodes_table(nodes: &[store_client::wire::node::NodeStatus]) -> String {
     let mut out = format!(
         "{:<20} {:<22} {:>12} {:>12} {:>8} {:>10}  {}\n",
         "NODE", "ADDRESS", "CAPACITY", "FREE", "OBJECTS", "SEEN", "LABELS"
@@ -170,7 +170,7 @@ pub fn nodes_table(nodes: &[crate::wire::node::NodeStatus]) -> String {
     out
 }
 
-pub fn nodes_json(nodes: &[crate::wire::node::NodeStatus]) -> serde_json::Value {
+pub fn nodes_json(nodes: &[store_client::wire::node::NodeStatus]) -> serde_json::Value {
     serde_json::Value::Array(
         nodes
             .iter()
@@ -188,7 +188,7 @@ fn mb_per_s(bytes: u64, seconds: f64) -> f64 {
     if seconds > 0.0 { bytes as f64 / seconds / 1e6 } else { 0.0 }
 }
 
-pub fn replicas_table(outcomes: &[crate::wire::local::ReplicaOutcome]) -> String {
+pub fn replicas_table(outcomes: &[store_client::wire::local::ReplicaOutcome]) -> String {
     let mut out = format!("{:<20} {:>10} {:>10} {:>12}  {}\n", "NODE", "SECONDS", "MB/S", "BYTES", "FROM / ERROR");
     for o in outcomes {
         match &o.result {
@@ -210,7 +210,7 @@ pub fn replicas_table(outcomes: &[crate::wire::local::ReplicaOutcome]) -> String
     out
 }
 
-pub fn replicas_json(outcomes: &[crate::wire::local::ReplicaOutcome]) -> serde_json::Value {
+pub fn replicas_json(outcomes: &[store_client::wire::local::ReplicaOutcome]) -> serde_json::Value {
     serde_json::Value::Array(
         outcomes
             .iter()
@@ -227,7 +227,7 @@ pub fn replicas_json(outcomes: &[crate::wire::local::ReplicaOutcome]) -> serde_j
 }
 
 /// A cooperative fetch: one row per node with its share, what S3 served it, and the pull.
-pub fn cooperative_table(p: &crate::wire::local::CooperativePull) -> String {
+pub fn cooperative_table(p: &store_client::wire::local::CooperativePull) -> String {
     let mut out = format!(
         "{} {} from {}: {:.3} s ({:.3} s reading shares), S3 served {} ({:.2} x the object), blake3 {}\n",
         p.name,
@@ -266,7 +266,7 @@ pub fn cooperative_table(p: &crate::wire::local::CooperativePull) -> String {
     out
 }
 
-pub fn cooperative_json(p: &crate::wire::local::CooperativePull) -> serde_json::Value {
+pub fn cooperative_json(p: &store_client::wire::local::CooperativePull) -> serde_json::Value {
     let nodes: Vec<serde_json::Value> = p
         .nodes
         .iter()
@@ -293,14 +293,14 @@ fn rate_text(bytes_per_second: f64, assumed: bool) -> String {
 /// A placement: the node chosen for each task, then the ranking of every qualifying node,
 /// then what the prefetch requests got. `*` marks a bandwidth that is the scheduler's
 /// default, not an observation.
-pub fn placement_table(outcome: &crate::wire::placement::PlaceOutcome) -> String {
+pub fn placement_table(outcome: &store_client::wire::placement::PlaceOutcome) -> String {
     let header = |first: &str| {
         format!(
             "{:<6} {:<20} {:>12} {:>10} {:>10} {:>10} {:>14}\n",
             first, "NODE", "MISSING", "TRANSFER", "QUEUED", "START", "INBOUND"
         )
     };
-    let row = |first: String, e: &crate::wire::placement::NodeEstimate| {
+    let row = |first: String, e: &store_client::wire::placement::NodeEstimate| {
         format!(
             "{:<6} {:<20} {:>12} {:>9.2}s {:>9.2}s {:>9.2}s {:>14}\n",
             first,
@@ -337,8 +337,8 @@ pub fn placement_table(outcome: &crate::wire::placement::PlaceOutcome) -> String
     out
 }
 
-pub fn placement_json(outcome: &crate::wire::placement::PlaceOutcome) -> serde_json::Value {
-    let estimate = |e: &crate::wire::placement::NodeEstimate| {
+pub fn placement_json(outcome: &store_client::wire::placement::PlaceOutcome) -> serde_json::Value {
+    let estimate = |e: &store_client::wire::placement::NodeEstimate| {
         serde_json::json!({
             "node": e.node, "addr": e.addr.to_string(), "missing_bytes": e.missing_bytes, "missing": e.missing,
             "transfer_seconds": e.transfer_seconds, "queued_seconds": e.queued_seconds,
@@ -354,19 +354,4 @@ pub fn placement_json(outcome: &crate::wire::placement::PlaceOutcome) -> serde_j
             Err(e) => serde_json::json!({ "node": p.node, "names": p.names, "ok": false, "error": e }),
         }).collect::<Vec<_>>(),
     })
-}
-
-/// Parses `k=v` (a label constraint or a daemon label).
-pub fn parse_label(text: &str) -> Result<(String, String), String> {
-    match text.split_once('=') {
-        Some((k, v)) if !k.trim().is_empty() => Ok((k.trim().to_owned(), v.trim().to_owned())),
-        _ => Err(format!("{text:?} is not key=value")),
-    }
-}
-
-/// Parses `name=count` (a resource constraint or a node's resource).
-pub fn parse_resource(text: &str) -> Result<(String, u64), String> {
-    let (k, v) = parse_label(text)?;
-    let n = v.parse().map_err(|_| format!("{text:?}: the count must be a whole number"))?;
-    Ok((k, n))
 }
