@@ -22,11 +22,6 @@ use syn::visit::{self, Visit};
 /// Longest a source file may be, in lines outside `#[cfg(test)]` items.
 const MAX_LINES: usize = 700;
 
-/// Crates whose violations are reported but do not fail the test. Only the daemon, whose
-/// module cycle, oversized files and stray `impl Cluster` blocks are being refactored away;
-/// this entry is removed when that refactor lands.
-const KNOWN_DAEMON_DEBT: &[&str] = &["store-daemon"];
-
 /// A module's path inside its crate tree (empty for the crate root).
 type ModPath = Vec<String>;
 
@@ -37,9 +32,7 @@ type Files = BTreeMap<String, String>;
 fn architecture_rules_hold() {
     let report = workspace_report();
     println!("{}", report.text);
-    let failing: Vec<&str> =
-        report.violating.iter().map(String::as_str).filter(|c| !KNOWN_DAEMON_DEBT.contains(c)).collect();
-    assert!(failing.is_empty(), "architecture violations in {failing:?} (report above)");
+    assert!(report.violating.is_empty(), "architecture violations in {:?} (report above)", report.violating);
 }
 
 #[test]
@@ -64,13 +57,12 @@ fn workspace_report() -> WorkspaceReport {
         let cargo = std::fs::read_to_string(dir.join("Cargo.toml")).expect("member Cargo.toml");
         let name = package_name(&cargo).unwrap_or_else(|| member.clone());
         let findings = analyze_crate(&member, &read_sources(&dir));
-        let debt = if KNOWN_DAEMON_DEBT.contains(&name.as_str()) { " (known debt: reported only)" } else { "" };
         if findings.is_empty() {
             let _ = writeln!(text, "{name}: ok");
             continue;
         }
         violating.push(name.clone());
-        let _ = writeln!(text, "{name}: {} violation(s){debt}", findings.count());
+        let _ = writeln!(text, "{name}: {} violation(s)", findings.count());
         findings.write(&mut text);
     }
     WorkspaceReport { text, violating }
