@@ -199,6 +199,10 @@ impl Shared {
                 SchedulerResponse::Ok
             }
             Err(Refusal::UnknownNode) => SchedulerResponse::UnknownNode,
+            Err(Refusal::Conflict { name, known, holder }) => {
+                warn!(remote = %peer.remote, %name, %holder, "a holding of other content than the cluster's refused");
+                SchedulerResponse::Conflict { name, known, holder }
+            }
             Err(Refusal::Other(message)) => {
                 warn!(remote = %peer.remote, %message, "request refused");
                 SchedulerResponse::Error { message }
@@ -314,6 +318,7 @@ impl Shared {
 
 enum Refusal {
     UnknownNode,
+    Conflict { name: String, known: store_client::Digest, holder: String },
     Other(String),
 }
 
@@ -321,6 +326,7 @@ impl From<TableError> for Refusal {
     fn from(e: TableError) -> Self {
         match e {
             TableError::UnknownNode(_) => Refusal::UnknownNode,
+            TableError::Conflict { name, known, holder } => Refusal::Conflict { name, known, holder },
             other => Refusal::Other(other.to_string()),
         }
     }

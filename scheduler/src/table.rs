@@ -16,13 +16,15 @@
 //! - A message from a node the table does not know is answered [`TableError::UnknownNode`]:
 //!   the node must register again with everything it holds.
 //!
-//! The same name may be held with different content (roots) on different nodes, since every
-//! node binds names on its own; [`Location`] carries the root so a receiver can tell them apart.
+//! One name, one content, cluster-wide: a holding of a name that another node holds with a
+//! different root is refused ([`TableError::Conflict`]; left out of a registration), so every
+//! [`Location`] of a name carries the same root. A node may replace its own holding of a
+//! name, and once every other holder withdrew, the name may take another content.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
-use store_client::manifest::{MIN_CHUNK_SIZE, check_chunk_size, chunk_count};
+use store_client::manifest::{Digest, MIN_CHUNK_SIZE, check_chunk_size, chunk_count};
 use store_client::name::{self, NameError};
 use store_client::wire::node::{Holding, Location, NodeId, NodeInfo, NodeStatus};
 use thiserror::Error;
@@ -62,6 +64,8 @@ pub enum TableError {
         #[source]
         source: NameError,
     },
+    #[error("{name:?} is bound to other content in the cluster: {holder} holds root {known}")]
+    Conflict { name: String, known: Digest, holder: NodeId },
 }
 
 /// Why a [`Holding`] was rejected.
@@ -183,6 +187,13 @@ impl Table {
             }
         }
         let id = info.id.clone();
+        new.retain(|_, h| match self.conflict(&id, h) {
+            Some(conflict) => {
+                refused.push(conflict);
+                false
+            }
+            None => true,
+        });
         let mut affected: BTreeSet<String> = new.keys().cloned().collect();
         if let Some(old) = self.nodes.get(&id) {
             affected.extend(old.holdings.keys().cloned());
@@ -209,6 +220,10 @@ impl Table {
     /// Replaces what is known of (node, object); renews the node's lease.
     pub fn announce(&mut self, now: Instant, node: &str, holding: Holding) -> Result<Vec<Effect>, TableError> {
         validate_holding(&holding).map_err(|reason| invalid(&holding.name, reason))?;
+        self.node_mut(node)?;
+        if let Some(conflict) = self.conflict(node, &holding) {
+            return Err(conflict);
+        }
         let before = self.availability_of(&holding.name);
         let entry = self.node_mut(node)?;
         entry.last_seen = now;
@@ -282,6 +297,19 @@ impl Table {
         // Stable sort: ids are already in order within each rank.
         out.sort_by_key(|l| (!l.chunks.is_complete(), std::cmp::Reverse(l.chunks.count())));
         out
+    }
+
+    /// The refusal of `holding` from `node` if another node holds its name with another root.
+    fn conflict(&self, node: &str, holding: &Holding) -> Option<TableError> {
+        let holders = self.holders.get(&holding.name)?;
+        holders.iter().filter(|id| id.as_str() != node).find_map(|id| {
+            let known = self.nodes.get(id)?.holdings.get(&holding.name)?;
+            (known.root != holding.root).then(|| TableError::Conflict {
+                name: holding.name.clone(),
+                known: known.root,
+                holder: id.clone(),
+            })
+        })
     }
 
     /// Whether some node holds the whole object.
@@ -436,6 +464,31 @@ mod tests {
         assert!(t.locate("other").is_empty());
         assert_eq!(t.nodes(t0 + Duration::from_millis(250))[0].last_seen_ms, 250);
         assert_eq!(t.nodes(t0)[0].objects, 1);
+    }
+
+    #[test]
+    fn one_name_keeps_one_content_across_nodes() {
+        let t0 = Instant::now();
+        let mut t = Table::default();
+        let first = holding("m/w", 4 * KIB, KIB, None);
+        let other = Holding { root: store_client::Digest([9; 32]), ..first.clone() };
+        t.register(t0, info("a"), vec![first.clone()]).unwrap();
+        t.register(t0, info("b"), vec![]).unwrap();
+        let refused = t.announce(t0, "b", other.clone()).unwrap_err();
+        assert_eq!(refused, TableError::Conflict { name: "m/w".into(), known: first.root, holder: "a".into() });
+        assert!(refused.to_string().contains("bound to other content"), "{refused}");
+        assert_eq!(ids(&t.locate("m/w")), ["a"], "the conflicting holding is not listed");
+        // The same content is welcome, partial or whole.
+        t.announce(t0, "b", holding("m/w", 4 * KIB, KIB, Some(&[1]))).unwrap();
+        // A registration keeps everything else and leaves the conflict out.
+        let c = t.register(t0, info("c"), vec![other.clone(), holding("m/v", KIB, KIB, None)]).unwrap();
+        assert_eq!(c.refused.len(), 1, "{:?}", c.refused);
+        assert!(matches!(c.refused[0], TableError::Conflict { ref holder, .. } if holder == "a" || holder == "b"));
+        assert_eq!(ids(&t.locate("m/v")), ["c"]);
+        // A node may replace its own content once no one else holds the old one.
+        t.withdraw(t0, "b", "m/w").unwrap();
+        t.announce(t0, "a", other.clone()).unwrap();
+        assert_eq!(t.locate("m/w")[0].root, other.root);
     }
 
     #[test]

@@ -15,8 +15,9 @@ use std::time::Duration;
 
 use thiserror::Error;
 
+use crate::manifest::Digest;
 use crate::rpc::{self, RpcError};
-use crate::wire::node::{Holding, Location, NodeInfo, NodeStatus};
+use crate::wire::node::{Holding, Location, NodeId, NodeInfo, NodeStatus};
 use crate::wire::scheduler::{SchedulerRequest, SchedulerResponse};
 
 /// How long one attempt of a request (or of a connection) may take by default.
@@ -37,6 +38,9 @@ pub enum SchedulerClientError {
     /// certificate does not vouch for).
     #[error("the scheduler refused the request: {0}")]
     Refused(String),
+    /// Another node holds the name with other content: one name, one content, cluster-wide.
+    #[error("{name:?} is bound to other content in the cluster: {holder} holds root {known}")]
+    Conflict { name: String, known: Digest, holder: NodeId },
     #[error("unexpected answer from the scheduler: {0}")]
     UnexpectedResponse(String),
     #[error("scheduler request failed: {0}")]
@@ -197,6 +201,9 @@ impl SchedulerClient {
                 Ok(Ok((SchedulerResponse::UnknownNode, _))) => return Err(SchedulerClientError::UnknownNode),
                 Ok(Ok((SchedulerResponse::Error { message }, _))) => {
                     return Err(SchedulerClientError::Refused(message));
+                }
+                Ok(Ok((SchedulerResponse::Conflict { name, known, holder }, _))) => {
+                    return Err(SchedulerClientError::Conflict { name, known, holder });
                 }
                 Ok(Ok((resp, _))) => return Ok(resp),
                 Ok(Err(e @ (RpcError::Malformed(_) | RpcError::TooLarge(_)))) => return Err(e.into()),

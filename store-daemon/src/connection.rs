@@ -22,6 +22,7 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use store_client::Digest;
 use store_client::frame::{self, FrameBuffer, FrameError};
 use store_client::name;
 use store_client::sys;
@@ -49,6 +50,9 @@ pub struct Context {
     /// The cluster membership, if this daemon has one.
     pub cluster: Option<Arc<Cluster>>,
 }
+
+/// Longest a put waits for the scheduler to say whether its name is free cluster-wide.
+const BINDING_CHECK_LIMIT: Duration = Duration::from_millis(500);
 
 /// Longest transfer a `get` with a zero timeout starts for an object held elsewhere.
 const PULL_FOR_GET_LIMIT: Duration = Duration::from_secs(600);
@@ -405,6 +409,7 @@ impl Connection {
         let fetched = self.node.s3().fetch(url, self.node.chunk_size(), part_size, concurrency, room).await;
         let fetched = fetched.map_err(|e| Failure::new(e.code(), e.to_string()))??;
         let s3_ingest::Fetched { fd, manifest, mapping, origin, stats } = fetched;
+        self.check_cluster_binding(name, manifest.root).await?;
         let (info, _) = self.adopt(name, evictable, fd, manifest, mapping, start, Source::S3, None)?;
         let Response::Sealed(info) = info else {
             return Err(Failure::new(ErrorCode::Internal, "adopt answered without an object"));
@@ -458,10 +463,45 @@ impl Connection {
                 return Err(e.into());
             }
         };
+        let name = self.node.store().info(id).map(|info| info.name);
+        if let Some(name) = name
+            && let Err(refused) = self.check_cluster_binding(&name, manifest.root).await
+        {
+            // Sealed already, so it cannot be filled again: it goes.
+            let _ = self.node.store().abort(id, self.id);
+            self.holdings.pending.remove(&id);
+            return Err(refused);
+        }
         let info = self.node.store().finish_seal(id, manifest, mapping)?;
         self.holdings.pending.remove(&id);
         self.node.notify_sealed();
         Ok((Response::Sealed(info), None))
+    }
+
+    /// One name, one content, cluster-wide: refuses to bind `name` to `root` when another
+    /// node holds it with other content. Without an answer from the scheduler in
+    /// [`BINDING_CHECK_LIMIT`] the put goes on, and the scheduler refuses the announce of a
+    /// conflicting copy instead (two nodes putting at once end there too).
+    async fn check_cluster_binding(&self, name: &str, root: Digest) -> Result<(), Failure> {
+        let Some(cluster) = &self.ctx.cluster else { return Ok(()) };
+        let located = match tokio::time::timeout(BINDING_CHECK_LIMIT, cluster.scheduler().locate(name)).await {
+            Ok(Ok(located)) => located,
+            Ok(Err(e)) => {
+                debug!(%name, error = %e, "cannot check the name with the scheduler; its announce will be");
+                return Ok(());
+            }
+            Err(_) => {
+                debug!(%name, "the scheduler did not answer the name check in time; its announce will be checked");
+                return Ok(());
+            }
+        };
+        match located.iter().find(|l| l.root != root && l.node != cluster.node_id()) {
+            None => Ok(()),
+            Some(other) => Err(Failure::new(
+                ErrorCode::AlreadyExists,
+                format!("{name:?} is bound to other content in the cluster: {} holds root {}", other.node, other.root),
+            )),
+        }
     }
 
     fn count_failed_put(&self, put: &Reply) {
@@ -479,6 +519,7 @@ impl Connection {
         let fd = Arc::new(fd);
         let (manifest, mapping) = ingest::seal_and_hash_patiently(fd.clone(), size, chunk_size, threads).await?;
         let fd = Arc::into_inner(fd).ok_or_else(|| Failure::new(ErrorCode::Internal, "the memfd is still shared"))?;
+        self.check_cluster_binding(&name, manifest.root).await?;
         self.adopt(&name, evictable, fd, manifest, mapping, started, Source::Local, None)
     }
 
@@ -495,6 +536,7 @@ impl Connection {
             Ok((dst, done))
         })
         .await??;
+        self.check_cluster_binding(&name, manifest.root).await?;
         self.adopt(&name, evictable, dst, manifest, mapping, started, Source::Local, Some(room))
     }
 

@@ -210,3 +210,37 @@ fn a_daemon_with_a_certificate_from_another_ca_is_refused() {
         cluster.client(0).unwrap().replicate("secret", Some(vec![node_id(2)]), Duration::from_secs(5), true).unwrap();
     assert!(r[0].result.is_err(), "{r:?}");
 }
+
+#[test]
+fn one_name_holds_one_content_across_the_cluster() {
+    if !requires_root() {
+        return;
+    }
+    let cluster = TestCluster::start(ClusterSpec::new(2, LinkSpec::unshaped(1500))).unwrap();
+    let first = payload(2 * MIB, 7);
+    let other = payload(2 * MIB, 8);
+    cluster.client(0).unwrap().put("models/w.bin", &first).unwrap();
+    assert!(cluster.wait_until(Duration::from_secs(5), || {
+        cluster.client(1).unwrap().locate("models/w.bin").is_ok_and(|l| l.len() == 1)
+    }));
+
+    // Node 1 may not bind the name to other bytes: refused with the holder named, nothing kept.
+    let refused = cluster.client(1).unwrap().put("models/w.bin", &other).unwrap_err();
+    assert_eq!(refused.code(), Some(store_client::ErrorCode::AlreadyExists), "{refused}");
+    assert!(refused.to_string().contains(&node_id(0)), "the holder is named: {refused}");
+    assert!(cluster.client(1).unwrap().stat("models/w.bin").is_err(), "the refused object was kept");
+    // The same through create/seal: the sealed object is dropped.
+    let mut object =
+        cluster.client(1).unwrap().create("models/w.bin", other.len() as u64, PutOptions::default()).unwrap();
+    object.as_mut_slice().unwrap().copy_from_slice(&other);
+    let refused = object.seal().unwrap_err();
+    assert_eq!(refused.code(), Some(store_client::ErrorCode::AlreadyExists), "{refused}");
+    assert!(cluster.client(1).unwrap().stat("models/w.bin").is_err(), "the refused object was kept");
+
+    // The same bytes are welcome, and then both copies are listed with one root.
+    cluster.client(1).unwrap().put("models/w.bin", &first).unwrap();
+    assert!(cluster.wait_until(Duration::from_secs(5), || {
+        cluster.client(0).unwrap().locate("models/w.bin").is_ok_and(|l| l.len() == 2 && l[0].root == l[1].root)
+    }));
+    assert_eq!(held_blake3(&cluster.client(1).unwrap(), "models/w.bin").unwrap(), digest(&first));
+}

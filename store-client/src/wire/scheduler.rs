@@ -4,6 +4,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::manifest::Digest;
 use crate::wire::node::{Holding, Location, NodeId, NodeInfo, NodeStatus};
 use crate::wire::placement::{PlaceSpec, Placement, TransferReport};
 
@@ -81,4 +82,10 @@ pub enum SchedulerResponse {
         message: String,
     },
     Placed(Placement),
+    /// The holding was refused: another node holds the name with another root.
+    Conflict {
+        name: String,
+        known: Digest,
+        holder: NodeId,
+    },
 }

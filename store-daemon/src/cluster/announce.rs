@@ -109,7 +109,13 @@ async fn sync(
     let current: HashMap<String, Holding> = node.store().holdings().into_iter().map(|h| (h.name.clone(), h)).collect();
     for (name, holding) in &current {
         if announced.get(name) != Some(holding) {
-            scheduler.announce(id, holding.clone()).await?;
+            match scheduler.announce(id, holding.clone()).await {
+                Ok(()) => {}
+                // Another node bound the name to other content first (both put at once):
+                // this copy stays local and unlisted, and is not offered again.
+                Err(e @ SchedulerClientError::Conflict { .. }) => warn!(error = %e, "holding not announced"),
+                Err(e) => return Err(e),
+            }
             announced.insert(name.clone(), holding.clone());
         }
     }
