@@ -236,7 +236,7 @@ pub fn config(args: &Args) -> anyhow::Result<DaemonConfig> {
         max_unsealed: args.max_unsealed_per_client,
         frame_timeout: std::time::Duration::from_millis(args.frame_timeout_ms.max(1)),
     };
-    config.s3 = Some(s3_config(args).context("bad --s3-* setting")?);
+    config.s3 = s3_config(args).context("bad --s3-* setting")?;
     config.s3_allow = crate::s3_ingest::S3AllowList::parse(&args.s3_allow).map_err(anyhow::Error::msg)?;
     Ok(config)
 }

@@ -33,9 +33,9 @@ pub struct DaemonConfig {
     /// On shutdown, how long requests and transfers under way may take to finish before
     /// they are cut.
     pub shutdown_grace: std::time::Duration,
-    /// S3 client settings (`--s3-*` flags); `None` reads the `STORE_S3_*` environment on
-    /// first use.
-    pub s3: Option<store_client::s3::S3Config>,
+    /// S3 client settings: the `--s3-*` flags and their `STORE_S3_*` variables, read once
+    /// by the command line ([`crate::cli`]); the defaults otherwise.
+    pub s3: store_client::s3::S3Config,
     /// Limits on local clients (connections, unsealed objects, frame timeout).
     pub clients: ClientLimits,
     /// Which S3 objects local clients and peers may make this daemon read (`--s3-allow`).
@@ -60,7 +60,7 @@ impl DaemonConfig {
             cluster: None,
             metrics_addr: None,
             shutdown_grace: std::time::Duration::from_secs(30),
-            s3: None,
+            s3: store_client::s3::S3Config::default(),
             clients: ClientLimits::default(),
             s3_allow: S3AllowList::default(),
         }

@@ -4,10 +4,10 @@
 //! as in [`crate::ingest::copy_hash_and_seal`]: the daemon created the memfd and no one else
 //! holds a descriptor to it. Any error drops the memfd: nothing is bound or sealed.
 //!
-//! The S3 client is built on first use from the daemon's `--s3-*` settings, or else its
-//! environment ([`store_client::s3::S3Config::from_env`]: `STORE_S3_ENDPOINT`, ...); the
-//! credentials always come from the standard AWS chain (`AWS_ACCESS_KEY_ID`, ...). The
-//! origin of every ingested object is kept by object id. S3 bytes are counted in
+//! The S3 client is built on first use from the daemon's `--s3-*` settings (each with its
+//! `STORE_S3_*` variable, read once by the command line); the credentials always come from
+//! the standard AWS chain (`AWS_ACCESS_KEY_ID`, ...). The origin of every ingested object is
+//! stored on the object (`Store::set_origin`). S3 bytes are counted in
 //! `store_transfer_bytes_total{source="s3",direction="in"}` as each ranged GET part lands,
 //! so a download's rate shows while it runs (not at the seal).
 
@@ -105,13 +105,13 @@ pub struct S3Ingest {
     reader: OnceCell<S3Reader>,
     /// Every read goes through [`Self::parse_allowed`], which checks this.
     allow: S3AllowList,
-    /// The daemon's `--s3-*` settings; `None`: from the environment.
-    config: Option<S3Config>,
+    /// The daemon's `--s3-*` settings.
+    config: S3Config,
     metrics: Arc<crate::metrics::DaemonMetrics>,
 }
 
 impl S3Ingest {
-    pub fn new(config: Option<S3Config>, allow: S3AllowList, metrics: Arc<crate::metrics::DaemonMetrics>) -> Self {
+    pub fn new(config: S3Config, allow: S3AllowList, metrics: Arc<crate::metrics::DaemonMetrics>) -> Self {
         Self { config, allow, metrics, ..Self::default() }
     }
 
@@ -125,15 +125,7 @@ impl S3Ingest {
     }
 
     async fn reader(&self) -> Result<&S3Reader, S3Error> {
-        self.reader
-            .get_or_try_init(|| async {
-                let config = match &self.config {
-                    Some(c) => c.clone(),
-                    None => S3Config::from_env()?,
-                };
-                S3Reader::new(config).await
-            })
-            .await
+        self.reader.get_or_try_init(|| S3Reader::new(self.config.clone())).await
     }
 
     /// `bytes` of an object arrived from S3 (a ranged GET part landed).

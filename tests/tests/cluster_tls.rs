@@ -224,10 +224,10 @@ fn s3_reads_outside_the_allow_list_are_refused_for_peers_and_local_clients() {
         let mut config = DaemonConfig::new(dir.path().join("a.sock"), 1 << 30);
         config.s3_allow = store_daemon::s3_ingest::S3AllowList::parse(&["models/public/"]).unwrap();
         // An endpoint nobody listens on: a refused read must fail before any request.
-        config.s3 = Some(store_client::s3::S3Config {
+        config.s3 = store_client::s3::S3Config {
             endpoint: Some(format!("http://127.0.0.1:{}", free_udp_port())),
             ..Default::default()
-        });
+        };
         let socket = config.socket.clone();
         let (listen, shutdown, running) = start_node_a_with(dir.path(), &certs, config).await;
         let peer = Identity::load(&CertPaths::in_dir(&certs, "node-b")).unwrap();
@@ -282,7 +282,7 @@ fn only_the_coordinator_that_staged_a_share_may_complete_or_drop_it() {
         let meta = store_client::s3::S3Reader::new(s3.config()).await.unwrap().head(&url).await.unwrap();
         let origin = S3Origin { url: url.to_string(), etag: meta.etag, size: meta.size };
         let mut config = DaemonConfig::new(dir.path().join("a.sock"), 1 << 30);
-        config.s3 = Some(s3.config());
+        config.s3 = s3.config();
         let (listen, shutdown, running) = start_node_a_with(dir.path(), &certs, config).await;
         let coordinator = Identity::load(&CertPaths::in_dir(&certs, "node-b")).unwrap();
         let other = Identity::load(&CertPaths::in_dir(&certs, "node-c")).unwrap();
@@ -335,7 +335,7 @@ fn staged_shares_take_store_room_until_dropped() {
         let origin = S3Origin { url: url.to_string(), etag: meta.etag, size: meta.size };
         // 10 MiB: an 8 MiB put fits beside the 7-byte object, but not beside a 3 MiB share.
         let mut config = DaemonConfig::new(dir.path().join("a.sock"), 10 << 20);
-        config.s3 = Some(s3.config());
+        config.s3 = s3.config();
         let socket = config.socket.clone();
         let (listen, shutdown, running) = start_node_a_with(dir.path(), &certs, config).await;
         let coordinator = Identity::load(&CertPaths::in_dir(&certs, "node-b")).unwrap();
