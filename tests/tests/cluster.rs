@@ -244,3 +244,35 @@ fn one_name_holds_one_content_across_the_cluster() {
     }));
     assert_eq!(held_blake3(&cluster.client(1).unwrap(), "models/w.bin").unwrap(), digest(&first));
 }
+
+#[test]
+fn a_node_shutting_down_withdraws_its_holdings_at_once() {
+    if !requires_root() {
+        return;
+    }
+    let mut cluster = TestCluster::start(ClusterSpec::new(3, LinkSpec::unshaped(1500))).unwrap();
+    let data = payload(4 * MIB, 9);
+    cluster.client(0).unwrap().put("models/d.bin", &data).unwrap();
+    drop(cluster.client(1).unwrap().get("models/d.bin", Duration::from_secs(30)).unwrap());
+    let observer = cluster.client(2).unwrap();
+    let holders = |c: &store_client::StoreClient| {
+        c.locate("models/d.bin").map(|l| l.iter().filter(|l| l.is_complete()).count()).unwrap_or(0)
+    };
+    assert!(cluster.wait_until(Duration::from_secs(5), || holders(&observer) == 2), "node-1 never listed");
+
+    // Without a withdrawal the scheduler would list node-1 until its lease ran out (3 s
+    // after its last heartbeat), and pulls would keep asking it.
+    let asked_to_stop = Instant::now();
+    let watcher = std::thread::spawn(move || {
+        while holders(&observer) != 1 {
+            assert!(asked_to_stop.elapsed() < Duration::from_secs(10), "node-1 still listed after 10 s");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        asked_to_stop.elapsed()
+    });
+    cluster.stop_daemon(1, Duration::from_secs(20)).unwrap();
+    let withdrawn = watcher.join().unwrap();
+    assert!(withdrawn < Duration::from_secs(1), "node-1 was listed for {withdrawn:?} after it began to stop");
+    let located = cluster.client(2).unwrap().locate("models/d.bin").unwrap();
+    assert_eq!(located.iter().map(|l| l.node.as_str()).collect::<Vec<_>>(), [node_id(0)]);
+}

@@ -2,7 +2,8 @@
 //! lease, and send the difference between what the store holds and what was announced.
 //! The store is the truth and the scheduler soft state, so after a scheduler restart (it
 //! answers `UnknownNode`) a full re-registration rebuilds it. A change of the store's
-//! holdings ([`NodeStore::subscribe_holdings`]) is sent at once.
+//! holdings ([`NodeStore::subscribe_holdings`]) is sent at once, and a node that shuts down
+//! takes all of them out before it goes.
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
@@ -16,6 +17,8 @@ use tracing::{info, warn};
 
 use crate::node::NodeStore;
 
+/// Longest a node leaving cleanly waits for the scheduler to take its holdings out.
+const LEAVE_LIMIT: Duration = Duration::from_secs(1);
 /// Between two syncs of holdings when nothing asks for one sooner.
 const SYNC_INTERVAL: Duration = Duration::from_millis(200);
 
@@ -86,10 +89,20 @@ pub async fn run(node: Arc<NodeStore>, scheduler: Arc<SchedulerClient>, me: Memb
             }
         }
         tokio::select! {
-            _ = shutdown.cancelled() => return,
+            _ = shutdown.cancelled() => return leave(&node, &scheduler, &me).await,
             changed = changes.changed() => if changed.is_err() { return },
             _ = tokio::time::sleep(if registered { SYNC_INTERVAL } else { Duration::from_secs(1) }) => {}
         }
+    }
+}
+
+/// A node leaving cleanly takes all its holdings out of the table at once (one registration
+/// with none), so that pulls stop asking it now rather than when its lease runs out.
+async fn leave(node: &NodeStore, scheduler: &SchedulerClient, me: &Member) {
+    match tokio::time::timeout(LEAVE_LIMIT, scheduler.register(me.info(node), Vec::new())).await {
+        Ok(Ok(())) => info!("holdings withdrawn from the scheduler"),
+        Ok(Err(e)) => warn!(error = %e, "cannot withdraw the holdings; the scheduler drops them with the lease"),
+        Err(_) => warn!("the scheduler did not take the holdings out in time; it drops them with the lease"),
     }
 }
 
