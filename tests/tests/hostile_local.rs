@@ -112,12 +112,14 @@ impl Daemon {
         kib.trim().trim_end_matches("kB").trim().parse::<u64>().unwrap() * 1024
     }
 
-    /// Waits until the daemon holds `want` descriptors; fails with what it holds.
+    /// Waits until the daemon holds at most `want` descriptors (a leak never settles there;
+    /// fewer is fine: a descriptor counted before may have been a transient one of the
+    /// runtime's); fails with what it holds.
     fn assert_fd_count_returns_to(&self, want: usize, what: &str) {
         let start = Instant::now();
         loop {
             let now = self.fd_count();
-            if now == want {
+            if now <= want {
                 return;
             }
             assert!(start.elapsed() < SETTLE, "{what}: the daemon holds {now} descriptors, {want} before");
