@@ -39,7 +39,6 @@ use crate::node::NodeStore;
 /// A daemon's cluster membership.
 #[derive(Debug)]
 pub struct Cluster {
-    config: ClusterConfig,
     member: announce::Member,
     endpoint: quinn::Endpoint,
     scheduler: Arc<SchedulerClient>,
@@ -102,11 +101,11 @@ impl Cluster {
             resources: config.resources.clone(),
             heartbeat: config.heartbeat,
         };
-        Ok(Self { config, member, endpoint, scheduler, node, puller, cooperative, placement, server })
+        Ok(Self { member, endpoint, scheduler, node, puller, cooperative, placement, server })
     }
 
     pub fn node_id(&self) -> &str {
-        &self.config.node_id
+        &self.member.id
     }
 
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {

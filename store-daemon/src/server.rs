@@ -92,11 +92,6 @@ impl Daemon {
         self.metrics_server.as_ref().and_then(|m| m.local_addr().ok())
     }
 
-    /// The node's store.
-    pub fn node(&self) -> &Arc<NodeStore> {
-        &self.ctx.node
-    }
-
     pub fn socket_path(&self) -> &Path {
         &self.ctx.config.socket
     }

@@ -31,7 +31,7 @@ use tracing::{info, warn};
 use super::error::PullError;
 use super::peers::ShareFetched;
 use super::pull::{PullStart, Puller};
-use super::staged::{Coordinator, NewShare, ShareBusy, StagedShares};
+use super::staged::{Coordinator, NotYours, ShareBusy, StagedShare, StagedShares};
 use crate::node::NodeStore;
 use crate::store::StoreError;
 
@@ -60,9 +60,7 @@ impl Cooperative {
     pub fn new(node: Arc<NodeStore>, puller: Arc<Puller>, scheduler: Arc<SchedulerClient>) -> Self {
         Self { node, puller, scheduler, staged: Arc::default() }
     }
-}
 
-impl Cooperative {
     /// First phase on this node: reads chunks `chunks` of the S3 object into a staged share
     /// for `name`; returns their hashes, the bytes read and the seconds it took.
     pub async fn fetch_share(
@@ -82,14 +80,10 @@ impl Cooperative {
         }
         // A second share for the same object (taken over from a node that failed) goes into
         // the same memory; the entry is out of the map meanwhile.
-        let earlier = {
-            let mut staged = self.staged.lock();
-            match staged.get(name) {
-                None => None,
-                Some(s) if s.extends_with(&origin, chunk_size, &chunks, &coordinator) => staged.remove(name),
-                Some(_) => return Err(PullError::ShareBusy(name.to_owned())),
-            }
-        };
+        let earlier = self
+            .staged
+            .take_extendable(name, &origin, chunk_size, &chunks, &coordinator)
+            .map_err(|ShareBusy| PullError::ShareBusy(name.to_owned()))?;
         let mut room = node.take_room(share_bytes(origin.size, chunk_size, &chunks))?;
         let (into, mut ranges, earlier_bytes) = match earlier {
             Some(s) => {
@@ -106,7 +100,7 @@ impl Cooperative {
         let s3_bytes = filled.stats.bytes;
         let hashes = filled.hashes.clone();
         ranges.push((chunks.clone(), filled.hashes));
-        let share = NewShare {
+        let share = StagedShare {
             fd: filled.fd,
             mapping: filled.mapping,
             ranges,
@@ -158,18 +152,9 @@ impl Cooperative {
         if !consistent {
             return Err(PullError::BadRequest(format!("the manifest sent for {name:?} is inconsistent")));
         }
-        let share = {
-            let mut staged = self.staged.lock();
-            match staged.get(name) {
-                Some(s) if s.coordinator != coordinator => {
-                    return Err(PullError::BadRequest(format!(
-                        "the share of {name:?} staged here belongs to another coordinator"
-                    )));
-                }
-                Some(_) => staged.remove(name),
-                None => None,
-            }
-        };
+        let share = self.staged.take_for(name, &coordinator).map_err(|NotYours| {
+            PullError::BadRequest(format!("the share of {name:?} staged here belongs to another coordinator"))
+        })?;
         let share = share.filter(|s| s.origin == origin);
         self.puller.pull_with(name, timeout, PullStart::Share { share, manifest, origin }).await
     }

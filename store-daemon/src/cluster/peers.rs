@@ -298,8 +298,4 @@ impl PeerClient {
             other => Err(PeerError::unexpected(node, other)),
         }
     }
-
-    pub fn endpoint(&self) -> &quinn::Endpoint {
-        &self.endpoint
-    }
 }

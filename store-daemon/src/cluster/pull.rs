@@ -450,10 +450,6 @@ impl Puller {
     pub fn peers(&self) -> &Arc<PeerClient> {
         &self.ctx.peers
     }
-
-    pub fn context(&self) -> &Arc<PullContext> {
-        &self.ctx
-    }
 }
 
 /// Whether the sealed bytes hash to the manifest's root: the last check before an object

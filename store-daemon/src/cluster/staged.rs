@@ -44,13 +44,12 @@ pub struct StagedShare {
     pub coordinator: Coordinator,
     /// The store room the share's bytes take until it is dropped or received into.
     pub room: Room,
-    generation: u64,
 }
 
 impl StagedShare {
     /// Whether `chunks` of `origin`, asked by `coordinator`, may extend this share (the
     /// share of a failed node taken over): same object, same asker, no overlap.
-    pub fn extends_with(&self, origin: &S3Origin, chunk_size: u64, chunks: &Range<u64>, by: &Coordinator) -> bool {
+    fn extends_with(&self, origin: &S3Origin, chunk_size: u64, chunks: &Range<u64>, by: &Coordinator) -> bool {
         self.origin == *origin
             && self.coordinator == *by
             && self.chunk_size == chunk_size
@@ -58,69 +57,91 @@ impl StagedShare {
     }
 }
 
+/// A staged share and which staging it was, so the expiry of an earlier one spares it.
+#[derive(Debug)]
+struct Entry {
+    share: StagedShare,
+    generation: u64,
+}
+
 /// The shares staged on this node, by object name.
 #[derive(Debug, Default)]
 pub struct StagedShares {
-    shares: Mutex<HashMap<String, StagedShare>>,
+    entries: Mutex<HashMap<String, Entry>>,
     generation: AtomicU64,
 }
 
-/// A share being built: [`StagedShares::stage`] turns it into a [`StagedShare`].
-#[derive(Debug)]
-pub struct NewShare {
-    pub fd: OwnedFd,
-    pub mapping: ReadOnlyMapping,
-    pub ranges: Vec<(Range<u64>, Vec<Digest>)>,
-    pub s3_bytes: u64,
-    pub origin: S3Origin,
-    pub chunk_size: u64,
-    pub coordinator: Coordinator,
-    pub room: Room,
-}
-
-/// Why a share could not be staged.
+/// Another share of the object is staged here and cannot be extended or replaced.
 #[derive(Debug, PartialEq, Eq)]
 pub struct ShareBusy;
 
+/// The share staged here belongs to another coordinator.
+#[derive(Debug, PartialEq, Eq)]
+pub struct NotYours;
+
 impl StagedShares {
-    pub fn lock(&self) -> MutexGuard<'_, HashMap<String, StagedShare>> {
-        self.shares.lock().unwrap_or_else(|p| p.into_inner())
+    fn lock(&self) -> MutexGuard<'_, HashMap<String, Entry>> {
+        self.entries.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Stages `share` for `name` unless another share of it appeared meanwhile; it is
     /// dropped after [`STAGED_TTL`] unless completed or dropped before.
-    pub fn stage(self: &Arc<Self>, name: &str, share: NewShare) -> Result<(), ShareBusy> {
+    pub fn stage(self: &Arc<Self>, name: &str, share: StagedShare) -> Result<(), ShareBusy> {
         let generation = self.generation.fetch_add(1, Ordering::Relaxed);
         {
-            let mut shares = self.lock();
-            if shares.contains_key(name) {
+            let mut entries = self.lock();
+            if entries.contains_key(name) {
                 return Err(ShareBusy);
             }
-            let NewShare { fd, mapping, ranges, s3_bytes, origin, chunk_size, coordinator, room } = share;
-            let staged =
-                StagedShare { fd, mapping, ranges, s3_bytes, origin, chunk_size, coordinator, room, generation };
-            shares.insert(name.to_owned(), staged);
+            entries.insert(name.to_owned(), Entry { share, generation });
         }
         let weak = Arc::downgrade(self);
         let owned = name.to_owned();
         tokio::spawn(async move {
             tokio::time::sleep(STAGED_TTL).await;
             if let Some(this) = weak.upgrade() {
-                let mut shares = this.lock();
-                if shares.get(&owned).is_some_and(|s| s.generation == generation) {
+                let mut entries = this.lock();
+                if entries.get(&owned).is_some_and(|e| e.generation == generation) {
                     warn!(name = %owned, "dropping a cooperative share never completed");
-                    shares.remove(&owned);
+                    entries.remove(&owned);
                 }
             }
         });
         Ok(())
     }
 
+    /// Takes out the share of `name` that `chunks` of `origin`, asked by `by`, extend (the
+    /// share of a failed node taken over goes into the same memory); `None` if there is none.
+    pub fn take_extendable(
+        &self,
+        name: &str,
+        origin: &S3Origin,
+        chunk_size: u64,
+        chunks: &Range<u64>,
+        by: &Coordinator,
+    ) -> Result<Option<StagedShare>, ShareBusy> {
+        let mut entries = self.lock();
+        match entries.get(name) {
+            None => Ok(None),
+            Some(e) if e.share.extends_with(origin, chunk_size, chunks, by) => {
+                Ok(entries.remove(name).map(|e| e.share))
+            }
+            Some(_) => Err(ShareBusy),
+        }
+    }
+
+    /// Takes out the share of `name` for its second phase, if `by` staged it.
+    pub fn take_for(&self, name: &str, by: &Coordinator) -> Result<Option<StagedShare>, NotYours> {
+        let mut entries = self.lock();
+        match entries.get(name) {
+            None => Ok(None),
+            Some(e) if e.share.coordinator == *by => Ok(entries.remove(name).map(|e| e.share)),
+            Some(_) => Err(NotYours),
+        }
+    }
+
     /// Forgets the share of `name`, if `coordinator` staged it.
     pub fn drop_share(&self, name: &str, coordinator: &Coordinator) {
-        let mut shares = self.lock();
-        if shares.get(name).is_some_and(|s| s.coordinator == *coordinator) {
-            shares.remove(name);
-        }
+        let _ = self.take_for(name, coordinator);
     }
 }

@@ -10,7 +10,7 @@ use tokio::io::Interest;
 use tokio::net::UnixStream;
 
 /// Most descriptors any request takes ([`Request::descriptors`]).
-pub const MAX_FDS_PER_REQUEST: usize = 1;
+const MAX_FDS_PER_REQUEST: usize = 1;
 
 /// The descriptors that came with one frame.
 #[derive(Debug, Default)]
